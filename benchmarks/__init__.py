@@ -1,0 +1,1 @@
+"""tickpool benchmarks: each module prints markdown tables of medians; none asserts."""

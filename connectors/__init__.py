@@ -1,0 +1,1 @@
+"""tickpool connectors: Arrow sources and sinks for ticks, predictions, stats, dead letters."""

@@ -1,0 +1,1 @@
+"""tickpool kernels and Bytewax operators: zero-copy columns, normalization, windows, models."""

@@ -1,0 +1,1 @@
+"""tickpool runtime: buffer pool, configuration, statistics, flow assembly, command line."""
