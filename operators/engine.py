@@ -1,0 +1,452 @@
+"""Window prediction over tick batches for one shard: the numpy heart of tickpool (no Bytewax).
+
+A :class:`WindowPredictor` holds the state of every symbol of one shard (the last
+``W-1`` values, how many ticks it has seen, running normalization statistics) and
+turns each :class:`~tickpool.operators.items.TickBatch` into one prediction
+``RecordBatch`` plus dead letters:
+
+1. read the columns zero-copy (:func:`~tickpool.operators.columns.read_ticks`);
+   rows with a null or non-finite value become dead letters, not NaN predictions;
+2. group the rows by symbol inside numpy (one stable radix argsort of symbol ids);
+3. per symbol, gather ``tail + new values`` into one pooled series buffer (the one
+   copy on the hot path), normalize (running modes: in place over the new values),
+   cut the windows as a strided view (copied into a pooled matrix only for
+   per-window normalization or a model that wants contiguous rows), predict into a
+   pooled output, and map predictions back to the value's units;
+4. wrap the pooled outputs zero-copy as Arrow columns: the buffers return to the
+   pool when the last consumer drops the prediction batch.
+
+Results do not depend on how the ticks were cut into batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from tickpool.operators.columns import (
+    BadRowPolicy,
+    BufferSource,
+    ColumnSpec,
+    Ticks,
+    TickSchemaError,
+    read_ticks,
+)
+from tickpool.operators.items import DeadLetter, TickBatch, prediction_schema
+from tickpool.operators.models import Ensemble, LinearModel, Model, check_compatible
+from tickpool.operators.normalize import (
+    NormalizeMode,
+    RunningMoments,
+    RunningRange,
+    denormalize,
+    is_running,
+    is_windowed,
+    parse_mode,
+    running_minmax,
+    running_zscore,
+    window_minmax,
+    window_robust,
+    window_zscore,
+)
+from tickpool.operators.symbols import SymbolTable, group_by_symbol
+from tickpool.operators.windows import WindowGeometry, window_geometry, windows_view
+
+__all__ = ["SNAPSHOT_VERSION", "BatchResult", "EngineConfig", "WindowPredictor"]
+
+FloatArray = npt.NDArray[np.float64]
+SNAPSHOT_VERSION = 1
+_TS_TYPE = pa.timestamp("ns", tz="UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """What the window operator computes.
+
+    Attributes:
+        window: ticks per window (W).
+        stride: a window ends every ``stride`` ticks of a symbol (S).
+        horizon: predictions per window, steps 1..H ahead (H).
+        normalize: ``none``, ``zscore`` (running), ``window-zscore``, ``minmax``
+            (running), ``window-minmax`` or ``robust`` (per window, median/IQR).
+        columns: names of the ``ts``, ``symbol`` and value columns.
+        bad_rows: ``drop`` (dead-letter bad rows and whole batches that do not
+            fit the schema) or ``error`` (raise).
+    """
+
+    window: int = 64
+    stride: int = 1
+    horizon: int = 1
+    normalize: NormalizeMode = "window-zscore"
+    columns: ColumnSpec = field(default_factory=ColumnSpec)
+    bad_rows: BadRowPolicy = "drop"
+
+    def __post_init__(self) -> None:
+        for name in ("window", "stride", "horizon"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        parse_mode(self.normalize)
+        if self.bad_rows not in ("drop", "error"):
+            raise ValueError(f"bad_rows must be 'drop' or 'error'; got {self.bad_rows!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one input batch produced.
+
+    ``rows`` input rows = ``processed`` + ``len(dead rows)``; a whole batch that
+    could not be read is one :class:`DeadLetter` with ``row=None`` standing for
+    all ``rows`` of it.
+    """
+
+    predictions: pa.RecordBatch | None
+    dead_letters: list[DeadLetter]
+    rows: int
+    processed: int
+    dead_rows: int
+    latency_ns: int
+
+
+@dataclass(slots=True)
+class _SymbolState:
+    seen: int
+    tail: FloatArray  # capacity W-1; the first tail_len values are live
+    tail_len: int
+    moments: RunningMoments | None
+    range: RunningRange | None
+
+
+class WindowPredictor:
+    """Stateful window prediction for the symbols of one shard.
+
+    Args:
+        config: what to compute.
+        model: maps (m, W) windows to (m, H) outputs (see
+            :class:`~tickpool.operators.models.Model`); checked against ``config``.
+        pool: where every hot-path buffer is leased from.
+        resume: a :meth:`snapshot` to continue from.
+
+    Example:
+
+    >>> import pyarrow as pa
+    >>> from tickpool.operators.models import WindowMean
+    >>> from tickpool.pipeline.pool import BufferPool
+    >>> cfg = EngineConfig(window=3, normalize="none")
+    >>> wp = WindowPredictor(cfg, WindowMean(), BufferPool.for_tier("small"))
+    >>> batch = pa.record_batch({"ts": pa.array([1, 2, 3, 4], pa.int64()),
+    ...     "symbol": ["A"] * 4, "price": [1.0, 2.0, 3.0, 5.0]})
+    >>> r = wp.process(TickBatch(batch, "demo", 0))
+    >>> r.predictions.column("yhat").to_pylist()
+    [2.0, 3.3333333333333335]
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: Model,
+        pool: BufferSource,
+        resume: dict[str, Any] | None = None,
+    ) -> None:
+        check_compatible(
+            model, window=config.window, horizon=config.horizon, normalize=config.normalize
+        )
+        self.config = config
+        self.model = model
+        self.pool = pool
+        self.symbols = SymbolTable()
+        self._states: list[_SymbolState] = []
+        self._names: pa.Array | None = None
+        self._schema = prediction_schema(config.horizon)
+        self._materialize = (
+            is_windowed(config.normalize)
+            or bool(model.needs_contiguous)
+            or isinstance(model, LinearModel | Ensemble)  # BLAS wants rows of their own
+        )
+        self.rows = 0
+        self.processed = 0
+        self.dead_rows = 0
+        self.predictions = 0
+        self.batches = 0
+        if resume is not None:
+            self._restore(resume)
+
+    # -- processing ----------------------------------------------------------
+
+    def process(self, item: TickBatch) -> BatchResult:
+        """Consume one batch of ticks; return its predictions and dead letters."""
+        t0 = time.perf_counter_ns()
+        cfg = self.config
+        n_rows = item.batch.num_rows
+        self.batches += 1
+        self.rows += n_rows
+        try:
+            ticks = read_ticks(
+                item.batch, cfg.columns, self.pool, policy=cfg.bad_rows, source=item.where
+            )
+        except TickSchemaError as err:
+            if cfg.bad_rows == "error":
+                raise
+            self.dead_rows += n_rows
+            letter = DeadLetter(item.source, item.index, None, f"batch rejected: {err}")
+            return BatchResult(None, [letter], n_rows, 0, n_rows, time.perf_counter_ns() - t0)
+        with ticks:
+            dead = _dead_letters(item, ticks, cfg.columns)
+            predictions = self._predict(ticks)
+        processed = n_rows - len(dead)
+        self.processed += processed
+        self.dead_rows += len(dead)
+        if predictions is not None:
+            self.predictions += predictions.num_rows
+        return BatchResult(
+            predictions, dead, n_rows, processed, len(dead), time.perf_counter_ns() - t0
+        )
+
+    def _predict(self, ticks: Ticks) -> pa.RecordBatch | None:
+        cfg = self.config
+        keep = ticks.keep
+        codes = ticks.codes if keep is None else ticks.codes[keep]
+        if codes.shape[0] == 0:
+            return None
+        table_ids = self.symbols.ids_for(ticks.symbols)
+        ids = table_ids[codes]
+        self._grow_states()
+        groups = group_by_symbol(ids, len(self.symbols))
+        plan: list[tuple[int, npt.NDArray[np.intp], WindowGeometry]] = []
+        total = 0
+        for k in groups.present.tolist():
+            st = self._states[k]
+            rows = groups.rows(k)
+            if keep is not None:
+                rows = keep[rows]
+            g = window_geometry(
+                seen=st.seen,
+                tail_len=st.tail_len,
+                n_new=rows.shape[0],
+                window=cfg.window,
+                stride=cfg.stride,
+            )
+            plan.append((k, rows, g))
+            total += g.count
+        if total == 0:
+            for k, rows, _ in plan:
+                self._advance(k, ticks.values, rows)
+            return None
+
+        h = cfg.horizon
+        out_lease = self.pool.acquire(h * total)
+        ts_lease = self.pool.acquire(total)
+        out = out_lease.reshape(h, total)
+        ts_out = ts_lease.view(np.int64)
+        sym_ids = np.empty(total, dtype=np.int32)
+        offset = 0
+        for k, rows, g in plan:
+            if g.count:
+                end = offset + g.count
+                self._windows_predict(k, ticks.values, rows, g, out[:, offset:end].T)
+                np.take(ticks.ts, rows[g.end_rows(cfg.stride)], out=ts_out[offset:end])
+                sym_ids[offset:end] = k
+                offset = end
+            else:
+                self._advance(k, ticks.values, rows)
+        del out
+        return self._prediction_batch(out_lease, ts_out, sym_ids, total)
+
+    def _windows_predict(
+        self,
+        k: int,
+        values: FloatArray,
+        rows: npt.NDArray[np.intp],
+        g: WindowGeometry,
+        out: FloatArray,
+    ) -> None:
+        """Windows of symbol ``k`` ending in this batch -> predictions in ``out`` (m, H)."""
+        cfg = self.config
+        with self._series(k, values, rows) as (series, loc_all, scale_all):
+            view = windows_view(series, g, window=cfg.window, stride=cfg.stride)
+            if self._materialize or cfg.normalize != "none":
+                self._predict_matrix(view, g, out, loc_all, scale_all)
+            else:
+                self.model.predict(view, out)
+
+    def _predict_matrix(
+        self,
+        view: FloatArray,
+        g: WindowGeometry,
+        out: FloatArray,
+        loc_all: FloatArray | None,
+        scale_all: FloatArray | None,
+    ) -> None:
+        cfg, pool = self.config, self.pool
+        m, w = view.shape
+        mode = cfg.normalize
+        robust = mode == "robust"
+        mats = m * w * (2 if robust else 1)  # the window matrix (+ partition scratch)
+        lease = pool.acquire(mats + 3 * m)
+        try:
+            mat = lease[: m * w].reshape(m, w)
+            np.copyto(mat, view)
+            loc, scale, scratch = (lease[mats + i * m : mats + (i + 1) * m] for i in range(3))
+            if mode == "window-zscore":
+                window_zscore(mat, loc, scale, scratch=scratch)
+            elif mode == "window-minmax":
+                window_minmax(mat, loc, scale, scratch=scratch)
+            elif robust:
+                window_robust(mat, loc, scale, lease[m * w : mats].reshape(m, w))
+            elif loc_all is not None and scale_all is not None:
+                ends = g.end_rows(cfg.stride)
+                np.take(loc_all, ends, out=loc)
+                np.take(scale_all, ends, out=scale)
+            self.model.predict(mat, out)
+            if mode != "none":
+                denormalize(out, loc, scale)
+        finally:
+            pool.release(lease)
+
+    def _advance(self, k: int, values: FloatArray, rows: npt.NDArray[np.intp]) -> None:
+        """Consume a symbol's ticks that end no window: tail and statistics only."""
+        with self._series(k, values, rows):
+            pass
+
+    @contextmanager
+    def _series(
+        self, k: int, values: FloatArray, rows: npt.NDArray[np.intp]
+    ) -> Iterator[tuple[FloatArray, FloatArray | None, FloatArray | None]]:
+        """Lease symbol ``k``'s series buffer: its tail, then its new values (gathered from
+        ``values`` at ``rows``: the one copy), normalized in place for running modes.
+
+        Yields ``(series, loc, scale)``, loc/scale per new tick for running modes (else
+        None); on a clean exit the symbol's tail and tick count move forward.
+        """
+        st = self._states[k]
+        n, t = rows.shape[0], st.tail_len
+        mode = self.config.normalize
+        running = is_running(mode)
+        lease = self.pool.acquire(t + n + (3 * n if running else 0))
+        try:
+            series = lease[: t + n]
+            series[:t] = st.tail[:t]
+            new = series[t:]
+            np.take(values, rows, out=new)
+            loc_all = scale_all = None
+            if running:
+                loc_all, scale_all, scratch = (
+                    lease[t + n + i * n : t + n + (i + 1) * n] for i in range(3)
+                )
+                if mode == "zscore":
+                    assert st.moments is not None
+                    running_zscore(new, st.moments, new, loc_all, scale_all, scratch=scratch)
+                else:
+                    assert st.range is not None
+                    running_minmax(new, st.range, new, loc_all, scale_all, scratch=scratch)
+            yield series, loc_all, scale_all
+            keep = min(self.config.window - 1, t + n)
+            st.tail[:keep] = series[t + n - keep :]
+            st.tail_len = keep
+            st.seen += n
+        finally:
+            self.pool.release(lease)
+
+    def _prediction_batch(
+        self,
+        out_lease: FloatArray,
+        ts_out: npt.NDArray[np.int64],
+        sym_ids: npt.NDArray[np.int32],
+        total: int,
+    ) -> pa.RecordBatch:
+        if self._names is None or len(self._names) != len(self.symbols):
+            self._names = pa.array(self.symbols.to_list(), pa.string())
+        h = self.config.horizon
+        ts_col = pa.Array.from_buffers(_TS_TYPE, total, [None, pa.py_buffer(ts_out)])
+        columns: list[pa.Array] = [ts_col, self._names.take(pa.array(sym_ids))]
+        columns.extend(pa.array(out_lease[i * total : (i + 1) * total]) for i in range(h))
+        return pa.RecordBatch.from_arrays(columns, schema=self._schema)
+
+    # -- state -----------------------------------------------------------------
+
+    def _grow_states(self) -> None:
+        cfg = self.config
+        while len(self._states) < len(self.symbols):
+            self._states.append(
+                _SymbolState(
+                    seen=0,
+                    tail=np.empty(max(cfg.window - 1, 0), dtype=np.float64),
+                    tail_len=0,
+                    moments=RunningMoments() if cfg.normalize == "zscore" else None,
+                    range=RunningRange() if cfg.normalize == "minmax" else None,
+                )
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        """A picklable, immutable copy of every symbol's state and the counters."""
+        cfg = self.config
+        return {
+            "version": SNAPSHOT_VERSION,
+            "window": cfg.window,
+            "stride": cfg.stride,
+            "normalize": cfg.normalize,
+            "symbols": self.symbols.to_list(),
+            "states": [
+                (
+                    st.seen,
+                    st.tail[: st.tail_len].tobytes(),
+                    st.moments.to_tuple() if st.moments is not None else None,
+                    st.range.to_tuple() if st.range is not None else None,
+                )
+                for st in self._states
+            ],
+            "counters": (self.rows, self.processed, self.dead_rows, self.predictions, self.batches),
+        }
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        cfg = self.config
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"recovery state has version {snap.get('version')!r}; this tickpool reads "
+                f"version {SNAPSHOT_VERSION}: start with a fresh recovery directory"
+            )
+        theirs = (snap["window"], snap["stride"], snap["normalize"])
+        ours = (cfg.window, cfg.stride, cfg.normalize)
+        if theirs != ours:
+            raise ValueError(
+                "recovery state was written with window {}, stride {}, normalize {!r}; this run "
+                "uses window {}, stride {}, normalize {!r}: resume with the same settings or a "
+                "fresh recovery directory".format(*theirs, *ours)
+            )
+        self.symbols = SymbolTable.from_list(snap["symbols"])
+        self._states = []
+        self._grow_states()
+        for st, (seen, tail, moments, rng) in zip(self._states, snap["states"], strict=True):
+            values = np.frombuffer(tail, dtype=np.float64)
+            st.seen = seen
+            st.tail_len = values.shape[0]
+            st.tail[: st.tail_len] = values
+            if moments is not None:
+                st.moments = RunningMoments.from_tuple(moments)
+            if rng is not None:
+                st.range = RunningRange.from_tuple(rng)
+        (self.rows, self.processed, self.dead_rows, self.predictions, self.batches) = snap[
+            "counters"
+        ]
+
+
+def _dead_letters(item: TickBatch, ticks: Ticks, columns: ColumnSpec) -> list[DeadLetter]:
+    """One dead letter per bad row, pointing back at the source position."""
+    if ticks.bad_rows.shape[0] == 0:
+        return []
+    batch = item.batch
+    rows = ticks.bad_rows.tolist()
+    taken = batch.select([columns.ts, columns.symbol, columns.value]).take(pa.array(rows))
+    ts = taken.column(0).cast(pa.int64()).to_pylist()
+    symbols = taken.column(1).cast(pa.string()).to_pylist()
+    values = taken.column(2).to_pylist()
+    return [
+        DeadLetter(item.source, item.index, item.row_offset + row, reason, t, s, v)
+        for row, reason, t, s, v in zip(rows, ticks.bad_reasons, ts, symbols, values, strict=True)
+    ]
