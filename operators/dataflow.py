@@ -61,9 +61,7 @@ def split_shards(
         out.append(
             (
                 str(shard),
-                TickBatch(
-                    item.batch.take(pa.array(rows)), item.source, item.index, item.row_offset
-                ),
+                TickBatch(item.batch.take(rows), item.source, item.index, item.row_offset),
             )
         )
     return out

@@ -162,7 +162,7 @@ class WindowPredictor:
         self.pool = pool
         self.symbols = SymbolTable()
         self._states: list[_SymbolState] = []
-        self._names: pa.Array | None = None
+        self._names: pa.Array[Any] | None = None
         self._schema = prediction_schema(config.horizon)
         self._materialize = (
             is_windowed(config.normalize)
@@ -363,8 +363,10 @@ class WindowPredictor:
         if self._names is None or len(self._names) != len(self.symbols):
             self._names = pa.array(self.symbols.to_list(), pa.string())
         h = self.config.horizon
-        ts_col = pa.Array.from_buffers(_TS_TYPE, total, [None, pa.py_buffer(ts_out)])
-        columns: list[pa.Array] = [ts_col, self._names.take(pa.array(sym_ids))]
+        # py_buffer keeps ts_out (a view of a pooled lease) alive: zero-copy hand-off.
+        ts_buf = pa.py_buffer(ts_out)  # type: ignore[arg-type]  # ndarray has the buffer protocol
+        ts_col = pa.Array.from_buffers(_TS_TYPE, total, [None, ts_buf])
+        columns: list[pa.Array[Any]] = [ts_col, self._names.take(sym_ids)]
         columns.extend(pa.array(out_lease[i * total : (i + 1) * total]) for i in range(h))
         return pa.RecordBatch.from_arrays(columns, schema=self._schema)
 

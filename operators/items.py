@@ -86,10 +86,9 @@ def prediction_columns(horizon: int) -> list[str]:
 
 def prediction_schema(horizon: int) -> pa.Schema:
     """Schema of prediction batches: ``ts`` (the window's last tick), ``symbol``, ``yhat*``."""
-    return pa.schema(
-        [
-            pa.field(PREDICTION_TS, pa.timestamp("ns", tz="UTC"), nullable=False),
-            pa.field("symbol", pa.string(), nullable=False),
-            *(pa.field(c, pa.float64(), nullable=False) for c in prediction_columns(horizon)),
-        ]
-    )
+    fields: list[pa.Field[Any]] = [
+        pa.field(PREDICTION_TS, pa.timestamp("ns", tz="UTC"), nullable=False),
+        pa.field("symbol", pa.string(), nullable=False),
+    ]
+    fields.extend(pa.field(c, pa.float64(), nullable=False) for c in prediction_columns(horizon))
+    return pa.schema(fields)

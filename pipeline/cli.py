@@ -1,18 +1,61 @@
-"""The ``tickpool`` command line: one subcommand per user path."""
+"""The ``tickpool`` command line: one subcommand per user path.
+
+``generate`` synthetic ticks, ``fit`` a linear window model, ``replay`` Arrow files
+through the pipeline, ``stats`` to summarize a statistics file, and ``demo``, the
+embedded default that needs no data and no server.  Bad input ends with a one-line
+error on stderr and exit code 2 (set ``TICKPOOL_TRACEBACK=1`` for the traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tickpool.operators.normalize import parse_mode
+
+__all__ = ["build_parser", "main"]
+
+_err = Console(stderr=True)
+MODES = ("none", "zscore", "window-zscore", "minmax", "window-minmax", "robust")
 
 
 def _version() -> str:
     try:
         return version("tickpool")
-    except PackageNotFoundError:  # running from a source tree that is not installed
+    except PackageNotFoundError:  # a source tree that is not installed
         return "unknown"
+
+
+# -- parser --------------------------------------------------------------------
+
+
+def _window_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    d: Any = (lambda v: v) if defaults else (lambda v: None)
+    p.add_argument("--value", default=d("price"), help="value column (default: price)")
+    p.add_argument("--window", type=int, default=d(64), help="ticks per window (default: 64)")
+    p.add_argument("--horizon", type=int, default=d(1), help="steps predicted per window")
+    p.add_argument(
+        "--normalize",
+        choices=MODES,
+        default=d("window-zscore"),
+        help="normalization (default: window-zscore)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +68,338 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"tickpool {_version()}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="write synthetic random-walk ticks to an Arrow file")
+    g.add_argument("out", help="the Arrow IPC file to write")
+    g.add_argument("--ticks", type=int, default=1_000_000)
+    g.add_argument("--symbols", type=int, default=8)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-rows", type=int, default=65_536)
+
+    f = sub.add_parser("fit", help="fit a linear window model (ridge) on an Arrow file")
+    f.add_argument("file", nargs="+", help="Arrow/Parquet files of ticks")
+    _window_options(f, defaults=True)
+    f.add_argument("-o", "--output", required=True, help="the .npz model to write")
+    f.add_argument("--alpha", type=float, default=1e-3, help="ridge penalty per window")
+    f.add_argument("--val-fraction", type=float, default=0.2)
+    f.add_argument("--fit-stride", type=int, default=1, help="use every n-th window")
+
+    r = sub.add_parser("replay", help="replay Arrow files through the window pipeline")
+    r.add_argument("files", nargs="*", help="Arrow IPC files/streams, Parquet files or globs")
+    r.add_argument("--config", help="TOML file of settings (command-line options win)")
+    _window_options(r, defaults=False)
+    r.add_argument("--stride", type=int)
+    r.add_argument("--model", help="last, mean, or the path of a linear .npz")
+    r.add_argument("--out", help="directory for predictions-<shard>.arrows, or - for stdout")
+    r.add_argument("--stats", help="pool statistics JSON-lines file")
+    r.add_argument("--stats-interval", type=float, help="seconds between stats records")
+    r.add_argument("--dead-letters", help="rejected rows as JSON lines")
+    r.add_argument("--bad-rows", choices=("drop", "error"))
+    r.add_argument("--recovery-dir", help="Bytewax recovery directory (resume after a crash)")
+    r.add_argument("--snapshot-interval", type=float, help="seconds between snapshots")
+    r.add_argument("--workers", type=int, help="Bytewax workers in this process")
+    r.add_argument("--shards", type=int, help="shard count (default: one per worker)")
+    r.add_argument("--pool-tier", choices=("small", "medium", "large", "streaming"))
+    r.add_argument("--max-batch-rows", type=int)
+    r.add_argument("--speed", type=float, help="0: as fast as possible, 1: market speed")
+    r.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    r.add_argument("--metrics-addr", help="address for the metrics server (127.0.0.1)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    s = sub.add_parser("stats", help="summarize a pool statistics JSON-lines file")
+    s.add_argument("file")
+    s.add_argument("--plot", help="also draw hit rate, pool limit and throughput to this PNG")
+
+    d = sub.add_parser("demo", help="generate, fit and replay about a million ticks")
+    d.add_argument("--ticks", type=int, default=1_000_000)
+    d.add_argument("--symbols", type=int, default=8)
+    d.add_argument("--window", type=int, default=64)
+    d.add_argument("--keep", help="keep the demo's files in this directory")
     return parser
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tickpool.connectors.synthetic import write_ticks
+
+    with _progress() as progress:
+        task = progress.add_task("generating", total=args.ticks)
+        rows = write_ticks(
+            args.out,
+            args.ticks,
+            args.symbols,
+            seed=args.seed,
+            batch_rows=args.batch_rows,
+            progress=lambda n: progress.update(task, completed=n),
+        )
+    _err.print(f"wrote {rows:,} ticks of {args.symbols} symbols to {args.out}")
+    return 0
+
+
+def series_by_symbol(
+    paths: Sequence[str], value: str, *, rows: slice | None = None
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Each symbol's finite values, in arrival order, from tick files."""
+    from tickpool.connectors.arrow_source import iter_tick_batches
+    from tickpool.operators.symbols import split_by_symbol
+
+    batches = [tb.batch for p in paths for tb in iter_tick_batches(p)]
+    if not batches:
+        raise ValueError(f"no ticks in {', '.join(paths)}")
+    table = pa.Table.from_batches(batches)
+    if rows is not None:
+        table = table.slice(rows.start or 0, (rows.stop or table.num_rows) - (rows.start or 0))
+    if value not in table.column_names:
+        raise ValueError(f"{paths[0]} has no column {value!r}; columns: {table.column_names}")
+    batch = table.combine_chunks().to_batches()[0]
+    values = batch.column(value).cast(pa.float64()).to_numpy(zero_copy_only=False)
+    out = {}
+    for sym, idx in split_by_symbol(batch).items():
+        x = values[idx]
+        out[sym] = x[np.isfinite(x)]
+    return out
+
+
+def _fit(
+    paths: Sequence[str], args: argparse.Namespace, output: str, rows: slice | None = None
+) -> None:
+    from tickpool.operators.training import fit_linear
+
+    series = series_by_symbol(paths, args.value, rows=rows)
+    model, report = fit_linear(
+        series,
+        window=args.window,
+        horizon=args.horizon,
+        normalize=parse_mode(args.normalize),
+        stride=getattr(args, "fit_stride", 1),
+        alpha=getattr(args, "alpha", 1e-3),
+        val_fraction=getattr(args, "val_fraction", 0.2),
+    )
+    model.save(output)
+    t = Table(title=f"fit: linear W={args.window} H={args.horizon} {args.normalize}")
+    t.add_column("model")
+    t.add_column("validation RMSE", justify="right")
+    t.add_column("validation MAE", justify="right")
+    t.add_row("linear", f"{report.rmse_linear:.6g}", f"{report.mae_linear:.6g}")
+    t.add_row("naive (last value)", f"{report.rmse_naive:.6g}", f"{report.mae_naive:.6g}")
+    _err.print(t)
+    _err.print(
+        f"{report.symbols} symbols, {report.train_windows:,} training and "
+        f"{report.val_windows:,} validation windows; RMSE {report.improvement:+.1%} vs naive; "
+        f"wrote {output}"
+    )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    _fit(args.file, args, args.output)
+    return 0
+
+
+def replay_config(args: argparse.Namespace) -> Any:
+    """PipelineConfig from ``--config`` (if any) with the command-line options on top."""
+    from tickpool.pipeline.config import PipelineConfig, load_config
+
+    base = load_config(args.config) if args.config else PipelineConfig()
+    return base.replace(
+        sources=tuple(args.files) or None,
+        value=args.value,
+        window=args.window,
+        horizon=args.horizon,
+        normalize=args.normalize,
+        stride=args.stride,
+        model=args.model,
+        out=args.out,
+        stats=args.stats,
+        stats_interval=args.stats_interval,
+        dead_letters=args.dead_letters,
+        bad_rows=args.bad_rows,
+        recovery_dir=args.recovery_dir,
+        snapshot_interval=args.snapshot_interval,
+        workers=args.workers,
+        shards=args.shards,
+        pool_tier=args.pool_tier,
+        max_batch_rows=args.max_batch_rows,
+        speed=args.speed,
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+    )
+
+
+def run_replay(config: Any, *, quiet: bool = False) -> dict[str, Any]:
+    """Run the replay job in this process; returns the summary numbers."""
+    from bytewax._bytewax import cli_main
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    from tickpool.connectors.arrow_source import count_rows
+    from tickpool.pipeline.flow import RunObserver, build_flow
+
+    observer = RunObserver()
+    flow = build_flow(config, observer=observer)
+    recovery = None
+    if config.recovery_dir is not None:
+        db = Path(config.recovery_dir)
+        if not db.exists() or not any(db.iterdir()):
+            db.mkdir(parents=True, exist_ok=True)
+            init_db_dir(db, 1)  # type: ignore[no-untyped-call]
+        recovery = RecoveryConfig(str(db))  # type: ignore[no-untyped-call]
+    total = count_rows(list(config.sources))
+    t0 = time.perf_counter()
+    done = threading.Event()
+    with _progress(disable=quiet) as progress:
+        task = progress.add_task("replaying", total=total)
+
+        def poll() -> None:
+            while not done.wait(0.2):
+                progress.update(task, completed=observer.rows_read)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        try:
+            cli_main(  # type: ignore[no-untyped-call]
+                flow,
+                workers_per_process=config.workers,
+                epoch_interval=timedelta_s(config.snapshot_interval),
+                recovery_config=recovery,
+            )
+        finally:
+            done.set()
+            poller.join()
+            progress.update(task, completed=observer.rows_read)
+    elapsed = time.perf_counter() - t0
+    recs = list(observer.latest.values())
+    ticks = sum(r["ticks"] for r in recs)
+    hits = max((r["hits"] for r in recs), default=0)
+    misses = max((r["misses"] for r in recs), default=0)
+    summary = {
+        "ticks": ticks,
+        "processed": ticks - sum(r["dead_letters"] for r in recs),
+        "dead_letters": sum(r["dead_letters"] for r in recs),
+        "predictions": sum(r["predictions"] for r in recs),
+        "seconds": elapsed,
+        "ticks_per_s": ticks / elapsed if elapsed > 0 else 0.0,
+        "pool_hit_rate": hits / (hits + misses) if hits + misses else 1.0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if not quiet:
+        _err.print(_summary_table(summary, config))
+    return summary
+
+
+def timedelta_s(seconds: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)
+
+
+def _summary_table(s: dict[str, Any], config: Any) -> Table:
+    t = Table(
+        title=f"replay: W={config.window} S={config.stride} H={config.horizon} "
+        f"{config.normalize}, model {config.model}"
+    )
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_row("ticks read", f"{s['ticks']:,}")
+    t.add_row("processed", f"{s['processed']:,}")
+    t.add_row("dead letters", f"{s['dead_letters']:,}")
+    t.add_row("predictions", f"{s['predictions']:,}")
+    t.add_row("wall time", f"{s['seconds']:.2f} s")
+    t.add_row("ticks/s", f"{s['ticks_per_s']:,.0f}")
+    t.add_row("pool hit rate", f"{s['pool_hit_rate']:.2%}")
+    t.add_row("peak RSS (incl. mapped input)", f"{s['peak_rss_mb']:,.0f} MB")
+    return t
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    config = replay_config(args)
+    run_replay(config, quiet=args.quiet)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from tickpool.pipeline.report import load_stats, plot_stats, print_summary, summarize
+
+    records = load_stats(args.file)
+    print_summary(summarize(records))
+    if args.plot:
+        plot_stats(records, args.plot)
+        _err.print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate ticks, fit a linear model on the first fifth, replay the rest."""
+    from tickpool.connectors.synthetic import write_ticks
+    from tickpool.pipeline.config import PipelineConfig
+
+    with tempfile.TemporaryDirectory(prefix="tickpool-demo-") as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        ticks_path = work / "ticks.arrow"
+        with _progress() as progress:
+            task = progress.add_task("generating", total=args.ticks)
+            write_ticks(
+                ticks_path,
+                args.ticks,
+                args.symbols,
+                seed=7,
+                progress=lambda n: progress.update(task, completed=n),
+            )
+        table = pa.ipc.open_file(pa.memory_map(str(ticks_path))).read_all()
+        cut = args.ticks // 5
+        replay_path = work / "replay.arrow"
+        with (
+            pa.OSFile(str(replay_path), "wb") as sink,
+            pa.ipc.new_file(sink, table.schema) as writer,
+        ):
+            writer.write_table(table.slice(cut), max_chunksize=16_384)
+        del table
+        fit_args = argparse.Namespace(
+            value="price",
+            window=args.window,
+            horizon=1,
+            normalize="window-zscore",
+        )
+        model_path = work / "model.npz"
+        _err.print(f"[bold]1/2 fit[/] on the first {cut:,} ticks")
+        _fit([str(ticks_path)], fit_args, str(model_path), rows=slice(0, cut))
+        _err.print(f"[bold]2/2 replay[/] of the other {args.ticks - cut:,} ticks")
+        config = PipelineConfig(
+            sources=(str(replay_path),),
+            window=args.window,
+            model=str(model_path),
+            out=str(work / "out"),
+            stats=str(work / "stats.jsonl"),
+            dead_letters=str(work / "dead_letters.jsonl"),
+            stats_interval=1.0,
+        )
+        run_replay(config)
+        if args.keep:
+            _err.print(f"files kept in {work}: predictions in out/, stats.jsonl, model.npz")
+    return 0
+
+
+def _progress(disable: bool = False) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,}"),
+        TimeElapsedColumn(),
+        console=_err,
+        disable=disable,
+        transient=False,
+    )
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "fit": cmd_fit,
+    "replay": cmd_replay,
+    "stats": cmd_stats,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,7 +409,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("tickpool: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line for the user; the traceback on request
+        if os.environ.get("TICKPOOL_TRACEBACK"):
+            raise
+        msg = str(err).strip().splitlines()
+        detail = next((line for line in reversed(msg) if line.strip()), type(err).__name__)
+        print(f"tickpool: error: {detail}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

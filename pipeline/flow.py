@@ -1,0 +1,155 @@
+"""``build_flow(config) -> Dataflow``: the replay job, usable with ``python -m bytewax.run``.
+
+Source (Arrow files) -> key by shard -> window normalization and prediction ->
+sinks for predictions, dead letters, statistics (JSON lines, Prometheus).  One
+buffer pool per process, shared by its workers.
+
+Run it as a Bytewax cluster with a module that exposes the flow, e.g.::
+
+    # myflow.py
+    from tickpool.pipeline.config import PipelineConfig
+    from tickpool.pipeline.flow import build_flow
+    flow = build_flow(PipelineConfig(sources=("ticks/*.arrow",), out="out", shards=4))
+
+    python -m bytewax.run myflow:flow -w 2 -p 2   # 4 workers in all, 4 shards
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from tickpool.connectors.arrow_source import ArrowReplaySource
+from tickpool.connectors.metrics import PrometheusStatsSink
+from tickpool.connectors.sinks import ArrowStreamSink, JsonLinesSink, StdoutSink
+from tickpool.operators.dataflow import shard_batches, window_predict
+from tickpool.operators.items import TickBatch, prediction_schema
+from tickpool.operators.models import resolve_model
+from tickpool.pipeline.config import PipelineConfig
+from tickpool.pipeline.pool import BufferPool
+
+__all__ = ["RunObserver", "build_flow"]
+
+_POOLS: dict[tuple[str, int], BufferPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def process_pool(config: PipelineConfig) -> BufferPool:
+    """The process-wide pool for this configuration's tier and budget (workers share it)."""
+    key = (config.pool_tier, config.pool_max_bytes)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = BufferPool.for_tier(
+                config.pool_tier, max_bytes=config.pool_max_bytes
+            )
+        return pool
+
+
+class RunObserver:
+    """Counts source rows as they pass and keeps each shard's latest stats record.
+
+    The ``tickpool replay`` command reads it from another thread for its progress bar
+    and its summary table.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.rows_read = 0
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    def saw(self, item: TickBatch) -> None:
+        with self._lock:
+            self.rows_read += item.batch.num_rows
+
+    def stats(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self.latest[str(record.get("worker", "0"))] = record
+
+
+class _ObserverPartition(StatelessSinkPartition[Any]):
+    def __init__(self, record: Callable[[dict[str, Any]], None]) -> None:
+        self._record = record
+
+    def write_batch(self, items: list[Any]) -> None:
+        for item in items:
+            self._record(item[1] if isinstance(item, tuple) else item)
+
+
+class _ObserverSink(DynamicSink[Any]):
+    def __init__(self, observer: RunObserver) -> None:
+        self._observer = observer
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ObserverPartition:
+        return _ObserverPartition(self._observer.stats)
+
+
+def build_flow(config: PipelineConfig, *, observer: RunObserver | None = None) -> Dataflow:
+    """The replay dataflow for ``config``.
+
+    Args:
+        config: sources, window job, sinks (see :class:`PipelineConfig`).
+        observer: receives row counts and stats records (for progress and summaries).
+    """
+    if not config.sources:
+        raise ValueError("no sources: give at least one Arrow or Parquet file or glob")
+    engine = config.engine()
+    model = resolve_model(
+        config.model, window=engine.window, horizon=engine.horizon, normalize=engine.normalize
+    )
+    shards = config.shard_count
+    partitions = [str(i) for i in range(shards)]
+    pool = process_pool(config)
+
+    flow = Dataflow("tickpool_replay")
+    ticks = op.input(
+        "ticks",
+        flow,
+        ArrowReplaySource(
+            list(config.sources),
+            max_batch_rows=config.max_batch_rows,
+            speed=config.speed,
+            ts_column=config.ts_column,
+        ),
+    )
+    if observer is not None:
+        op.inspect("observe", ticks, lambda _step, item: observer.saw(item))
+    keyed = shard_batches("shard", ticks, shards, config.symbol_column)
+    out = window_predict(
+        "window",
+        keyed,
+        engine,
+        model,
+        pool,
+        stats_interval=timedelta(seconds=config.stats_interval),
+    )
+
+    if config.out == "-":
+        op.output("predictions_stdout", out.predictions, StdoutSink())
+    elif config.out is not None:
+        op.output(
+            "predictions",
+            out.predictions,
+            ArrowStreamSink(config.out, partitions, prediction_schema(engine.horizon)),
+        )
+    if config.dead_letters is not None:
+        dead = op.key_on(
+            "dead_letters_one_file", op.key_rm("dl_unkey", out.dead_letters), lambda _: "0"
+        )
+        op.output("dead_letters", dead, JsonLinesSink(config.dead_letters, ["0"]))
+    stats_one = op.key_on("stats_one_file", op.key_rm("stats_unkey", out.stats), lambda _: "0")
+    if config.stats is not None:
+        op.output("stats", stats_one, JsonLinesSink(config.stats, ["0"]))
+    if config.metrics_port is not None:
+        op.output(
+            "metrics", out.stats, PrometheusStatsSink(config.metrics_port, config.metrics_addr)
+        )
+    if observer is not None:
+        op.output("observe_stats", out.stats, _ObserverSink(observer))
+    return flow
