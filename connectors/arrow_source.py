@@ -258,7 +258,7 @@ class _IpcStreamReader(_Reader):
             if index == start[0]:
                 yield _start_chunk(self.path, start, batch)
             elif index > start[0]:
-                yield _Chunk(index, 0, pa.RecordBatch.from_pylist(batch.to_pylist(), schema=batch.schema), batch.num_rows)
+                yield _Chunk(index, 0, batch, batch.num_rows)
             index += 1
         if start[0] > index or (start[0] == index and start[1] > 0):
             raise _resume_error(self.path, start, f"the stream has {index} batches")

@@ -242,8 +242,11 @@ def test_ipc_batches_are_views_of_the_memory_mapped_file(
     tmp_path: Path, small_table: pa.Table, fmt: str
 ) -> None:
     path = write(small_table, tmp_path / f"ticks{SUFFIX[fmt]}", fmt)
+    allocated = pa.total_allocated_bytes()
     part = ArrowReplaySource([path], max_batch_rows=100).build_part("in", str(path), None)
-    first, second = part.next_batch()[0], part.next_batch()[0]
+    first, second, *rest = drain(part)
+    assert pa.total_allocated_bytes() == allocated  # no batch of the file was copied
+    assert sum(tb.batch.num_rows for tb in [first, second, *rest]) == SMALL_ROWS
     price = first.batch.column("price").to_numpy(zero_copy_only=True)
     # Overwrite row 3's price in the file on disk: a view of the shared mapping sees it.
     data = path.read_bytes()
