@@ -1,11 +1,11 @@
 """Operator costs: normalizing 10,000 points three ways, and window + predict throughput.
 
-Run: ``python -m benchmarks.bench_operators`` (about a minute on 2 cores; ``--quick``: ~10 s).
+Run: ``python -m benchmarks.bench_operators`` (about 20 s on 2 cores; ``--quick``: ~6 s).
 Prints markdown tables; asserts nothing.
 
 1. Normalize one 10,000-point series (z-score, min-max, robust), median microseconds per call:
    allocating (a new array per call), pooled (lease, copy in, normalize in place, release) and in
-   place on a preallocated array. The variants are interleaved, in a rotating order, in every
+   place on a preallocated array. The variants are interleaved, in a new random order, in every
    repeat, so machine noise hits all alike. The original (Rust) design measured 12 us allocating
    -> 8 us pooled for this z-score. Then the allocations one call of each variant makes.
 2. ``WindowPredictor`` over a 1,000,000-tick, 8-symbol mixed stream in 8,192-row batches, at
@@ -19,6 +19,8 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import os
+import random
 import statistics
 import time
 import tracemalloc
@@ -274,10 +276,11 @@ def normalize_timing_rows(
     calls = [_calls_for(v.fn, target_ns) for v in variants]
     samples: list[list[float]] = [[] for _ in variants]
     order = list(range(len(variants)))
-    for r in range(repeats):
-        # Rotate the order every repeat: no variant always runs first (or after the same one).
-        shift = r % len(order)
-        for i in order[shift:] + order[:shift]:
+    shuffler = random.Random(17)
+    for _ in range(repeats):
+        # A new order every repeat: no variant always runs first, or after the same one.
+        shuffler.shuffle(order)
+        for i in order:
             samples[i].append(median_ns_per_call(variants[i].fn, calls=calls[i], repeats=1))
     us = [statistics.median(s) / 1e3 for s in samples]
     refill_us = us[-1]
@@ -490,9 +493,11 @@ def throughput_rows(
         if j.normalize == "literal numpy"
     }
     results: list[list[dict[str, Any]]] = [[] for _ in jobs]
-    for r in range(runs):
-        shift = r % len(jobs)
-        for i in [*range(shift, len(jobs)), *range(shift)]:
+    order = list(range(len(jobs)))
+    shuffler = random.Random(23)
+    for _ in range(runs):
+        shuffler.shuffle(order)
+        for i in order:
             gc.collect()
             results[i].append(run_job(jobs[i], batches, names))
     literal_s = {
@@ -529,7 +534,7 @@ def throughput_rows(
 FOOTER = """\
 Columns.
 - *us per call*: median over the repeats of the mean time per call (many calls per sample); the
-  variants of a kernel are interleaved in a rotating order in every repeat. *vs allocating*: the
+  variants are interleaved, in a new random order, in every repeat. *vs allocating*: the
   kernel's first (allocating) row's time divided by this row's (> 1: faster). *in place, kernel
   only*: the in-place row minus *refill alone* (the np.copyto that restores the input each call);
   the pooled rows include their copy-in, as a pipeline stage that must not touch its input would.
@@ -540,7 +545,7 @@ Columns.
   the level before the call (numpy data and Python objects); *left behind*: bytes still held after.
 - *M ticks/s*, *M predictions/s*: ticks (predictions) of the whole stream divided by the median
   wall time of the runs; each run starts a fresh WindowPredictor and BufferPool (cold symbols and
-  a cold pool included), and the jobs are interleaved across runs. *x literal*: the literal numpy
+  a cold pool included) and takes the jobs in a new random order. *x literal*: the literal numpy
   baseline's median time at the same W divided by this job's (> 1: faster), shown only for
   window-zscore, the job the baseline computes (the others do less work). *pool hit rate*,
   *leases*, *pool peak KiB*: the run's BufferPool statistics (hits / leases over the whole run).
@@ -566,7 +571,11 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (7 if args.quick else 21)
     target_ns = 4e6 if args.quick else 25e6
 
-    print(f"# bench_operators ({machine_line()}, pyarrow {pa.__version__})\n")
+    blas_threads = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    print(
+        f"# bench_operators ({machine_line()}, pyarrow {pa.__version__}, "
+        f"{os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS={blas_threads})\n"
+    )
     pool = BufferPool.for_tier("streaming")
     variants = normalize_variants(NORMALIZE_POINTS, pool)
     print(f"## Normalize {NORMALIZE_POINTS:,} points, median us per call ({repeats} repeats)\n")
