@@ -366,11 +366,11 @@ def test_speed_paces_batches_by_their_first_timestamp(tmp_path: Path, ts_type: A
 
 
 def test_a_batch_is_not_emitted_before_it_is_due(ipc_file: Path) -> None:
-    # 250 rows 1 ms apart per batch: at 1x the second batch is due 250 ms after the first.
-    part = ArrowReplaySource([ipc_file], speed=1.0).build_part("in", str(ipc_file), None)
+    # 250 rows 1 ms apart per batch: at 0.01x the second batch is due 25 s after the first.
+    part = ArrowReplaySource([ipc_file], speed=0.01).build_part("in", str(ipc_file), None)
     first_due = part.next_awake()
     assert len(part.next_batch()) == 1
-    assert part.next_awake() - first_due == timedelta(milliseconds=250)
+    assert part.next_awake() - first_due == timedelta(seconds=25)
     assert part.next_batch() == []
     assert part.snapshot() == (1, 0)
 
