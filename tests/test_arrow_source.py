@@ -19,6 +19,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, cluster_main, run_main
 
+from tests.common import REAL_DATA
 from tickpool.connectors.arrow_source import (
     ArrowReplaySource,
     TickSourceError,
@@ -28,7 +29,7 @@ from tickpool.connectors.arrow_source import (
 )
 from tickpool.operators.items import TickBatch
 
-REAL = Path("/work/shared/data/real")
+REAL = REAL_DATA
 REAL_BATCH_ROWS = 16_384
 BATCH_ROWS = 250  # rows per batch of the small IPC files, rows per row group of the Parquet one
 SMALL_ROWS = 1_100  # 4 full batches and a short one

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.common import REAL_DATA
 from tickpool.operators.columns import (
     BadRowError,
     ColumnSpec,
@@ -24,7 +25,6 @@ from tickpool.operators.columns import (
     read_ticks,
 )
 
-REAL_DATA = Path("/work/shared/data/real")
 REAL_FILES = sorted(REAL_DATA.glob("*.arrow"))
 SPEC = ColumnSpec()
 T0 = 1_381_132_800_000_000_000  # 2013-10-07 08:00 UTC in ns

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import itertools
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.common import REAL_DATA
 from tests.reference import engine_by_symbol, plain_model, reference_table
 from tickpool.operators.engine import EngineConfig, WindowPredictor
 from tickpool.operators.items import TickBatch
@@ -20,7 +20,7 @@ from tickpool.operators.models import LastValue, LinearModel, Model, WindowMean
 from tickpool.pipeline.pool import BufferPool
 
 MODES = ["none", "zscore", "window-zscore", "minmax", "window-minmax", "robust"]
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = REAL_DATA
 
 
 def make_model(spec: str, window: int, horizon: int, normalize: str, seed: int = 0) -> Model:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import doctest
 import itertools
-import os
 import pickle
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
+from tests.common import REAL_DATA, price_walks
 from tickpool.operators import normalize
 from tickpool.operators.normalize import (
     CONST_RTOL,
@@ -40,7 +39,6 @@ from tickpool.operators.normalize import (
 
 FloatArray = npt.NDArray[np.float64]
 
-REAL_DATA = Path(os.environ.get("TICKPOOL_REAL_DATA", "/work/shared/data/real"))
 BTCUSDT = REAL_DATA / "tardis_binance_futures_btcusdt_trades_20200222.arrow"
 
 KERNEL_SETTINGS = settings(max_examples=120, deadline=None)
@@ -49,27 +47,6 @@ KERNEL_SETTINGS = settings(max_examples=120, deadline=None)
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
-
-
-@st.composite
-def price_walks(draw: st.DrawFn, min_size: int = 1, max_size: int = 250) -> FloatArray:
-    """A tick-like random walk: level 1e-3..1e5, tick 1e-6..1e-2 of the level, flat runs.
-
-    Each segment is one move of k ticks (k may be 0) followed by run - 1 exactly equal prices,
-    so constant prefixes and constant windows happen. The smallest tick, 1e-6 of the level,
-    bounds the conditioning |x| / std that the 1e-7 tolerance on z-scores relies on.
-    """
-    level = 10.0 ** draw(st.floats(-3.0, 5.0))
-    tick = level * 10.0 ** draw(st.floats(-6.0, -2.0))
-    segments = draw(
-        st.lists(st.tuples(st.integers(-5, 5), st.integers(1, 40)), min_size=1, max_size=30)
-    )
-    steps: list[float] = []
-    for k, run in segments:
-        steps.append(float(k))
-        steps.extend([0.0] * (run - 1))
-    steps.extend([0.0] * max(0, min_size - len(steps)))
-    return level + tick * np.cumsum(np.asarray(steps[:max_size], dtype=np.float64))
 
 
 def cut_points(data: st.DataObject, n: int) -> list[int]:

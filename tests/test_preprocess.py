@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import doctest
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from statsmodels.tsa.seasonal import seasonal_decompose as sm_seasonal_decompose
 
+from tests.common import REAL_DATA
+from tests.common import price_walks as _walks
 from tickpool.operators import preprocess
 from tickpool.operators.preprocess import clip_mad, clip_quantiles, seasonal_decompose
 
 FloatArray = npt.NDArray[np.float64]
 
-REAL_DATA = Path(os.environ.get("TICKPOOL_REAL_DATA", "/work/shared/data/real"))
+
+def price_walks(min_size: int = 1) -> st.SearchStrategy[FloatArray]:
+    """Longer walks with shorter flat runs than the normalize tests use."""
+    return _walks(min_size, 300, max_run=30, max_segments=40)
+
+
 LEAN = REAL_DATA / "lean_us_equity_trades_20131007.arrow"
 DATABENTO = REAL_DATA / "databento_glbx_esh4_mbo_20231225.arrow"
 BTCUSDT = REAL_DATA / "tardis_binance_futures_btcusdt_trades_20200222.arrow"
@@ -31,22 +37,6 @@ KERNEL_SETTINGS = settings(max_examples=120, deadline=None)
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
-
-
-@st.composite
-def price_walks(draw: st.DrawFn, min_size: int = 1, max_size: int = 300) -> FloatArray:
-    """A tick-like random walk (level 1e-3..1e5, tick 1e-6..1e-2 of it) with flat runs."""
-    level = 10.0 ** draw(st.floats(-3.0, 5.0))
-    tick = level * 10.0 ** draw(st.floats(-6.0, -2.0))
-    segments = draw(
-        st.lists(st.tuples(st.integers(-5, 5), st.integers(1, 30)), min_size=1, max_size=40)
-    )
-    steps: list[float] = []
-    for k, run in segments:
-        steps.append(float(k))
-        steps.extend([0.0] * (run - 1))
-    steps.extend([0.0] * max(0, min_size - len(steps)))
-    return level + tick * np.cumsum(np.asarray(steps[:max_size], dtype=np.float64))
 
 
 @st.composite

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from tests.common import REAL_DATA
 from tickpool.operators.symbols import (
     SymbolTable,
     group_by_symbol,
@@ -22,7 +22,7 @@ from tickpool.operators.symbols import (
     stable_shard,
 )
 
-LEAN = Path("/work/shared/data/real/lean_us_equity_trades_20131007.arrow")
+LEAN = REAL_DATA / "lean_us_equity_trades_20131007.arrow"
 LEAN_COUNTS = {"SPY": 250_601, "BAC": 88_172, "AIG": 25_351, "IBM": 24_293}
 
 
