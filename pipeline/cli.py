@@ -58,6 +58,27 @@ def _window_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
 
 
+def add_job_options(p: argparse.ArgumentParser) -> None:
+    """The options every pipeline command shares (``replay``, ``feed``): job, sinks, run."""
+    p.add_argument("--config", help="TOML file of settings (command-line options win)")
+    _window_options(p, defaults=False)
+    p.add_argument("--stride", type=int)
+    p.add_argument("--model", help="last, mean, or the path of a linear .npz")
+    p.add_argument("--out", help="directory for predictions-<shard>.arrows, or - for stdout")
+    p.add_argument("--stats", help="pool statistics JSON-lines file")
+    p.add_argument("--stats-interval", type=float, help="seconds between stats records")
+    p.add_argument("--dead-letters", help="rejected rows as JSON lines")
+    p.add_argument("--bad-rows", choices=("drop", "error"))
+    p.add_argument("--recovery-dir", help="Bytewax recovery directory (resume after a crash)")
+    p.add_argument("--snapshot-interval", type=float, help="seconds between snapshots")
+    p.add_argument("--workers", type=int, help="Bytewax workers in this process")
+    p.add_argument("--shards", type=int, help="shard count (default: one per worker)")
+    p.add_argument("--pool-tier", choices=("small", "medium", "large", "streaming"))
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--metrics-addr", help="address for the metrics server (127.0.0.1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
@@ -87,25 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("replay", help="replay Arrow files through the window pipeline")
     r.add_argument("files", nargs="*", help="Arrow IPC files/streams, Parquet files or globs")
-    r.add_argument("--config", help="TOML file of settings (command-line options win)")
-    _window_options(r, defaults=False)
-    r.add_argument("--stride", type=int)
-    r.add_argument("--model", help="last, mean, or the path of a linear .npz")
-    r.add_argument("--out", help="directory for predictions-<shard>.arrows, or - for stdout")
-    r.add_argument("--stats", help="pool statistics JSON-lines file")
-    r.add_argument("--stats-interval", type=float, help="seconds between stats records")
-    r.add_argument("--dead-letters", help="rejected rows as JSON lines")
-    r.add_argument("--bad-rows", choices=("drop", "error"))
-    r.add_argument("--recovery-dir", help="Bytewax recovery directory (resume after a crash)")
-    r.add_argument("--snapshot-interval", type=float, help="seconds between snapshots")
-    r.add_argument("--workers", type=int, help="Bytewax workers in this process")
-    r.add_argument("--shards", type=int, help="shard count (default: one per worker)")
-    r.add_argument("--pool-tier", choices=("small", "medium", "large", "streaming"))
     r.add_argument("--max-batch-rows", type=int)
     r.add_argument("--speed", type=float, help="0: as fast as possible, 1: market speed")
-    r.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    r.add_argument("--metrics-addr", help="address for the metrics server (127.0.0.1)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_job_options(r)
 
     s = sub.add_parser("stats", help="summarize a pool statistics JSON-lines file")
     s.add_argument("file")
@@ -198,13 +203,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def replay_config(args: argparse.Namespace) -> Any:
+def job_config(args: argparse.Namespace) -> Any:
     """PipelineConfig from ``--config`` (if any) with the command-line options on top."""
     from tickpool.pipeline.config import PipelineConfig, load_config
 
     base = load_config(args.config) if args.config else PipelineConfig()
     return base.replace(
-        sources=tuple(args.files) or None,
+        sources=tuple(getattr(args, "files", ())) or None,
         value=args.value,
         window=args.window,
         horizon=args.horizon,
@@ -221,35 +226,81 @@ def replay_config(args: argparse.Namespace) -> Any:
         workers=args.workers,
         shards=args.shards,
         pool_tier=args.pool_tier,
-        max_batch_rows=args.max_batch_rows,
-        speed=args.speed,
+        max_batch_rows=getattr(args, "max_batch_rows", None),
+        speed=getattr(args, "speed", None),
         metrics_port=args.metrics_port,
         metrics_addr=args.metrics_addr,
     )
 
 
-def run_replay(config: Any, *, quiet: bool = False) -> dict[str, Any]:
-    """Run the replay job in this process; returns the summary numbers."""
-    from bytewax._bytewax import cli_main
+def clear_outputs(config: Any) -> None:
+    """Remove the files a fresh run writes, so none of an earlier run's survive.
+
+    A sink partition creates its file only when its first item arrives: without this, a
+    shard that gets no symbols this time would leave last run's predictions in place.
+    """
+    if config.out not in (None, "-"):
+        for old in Path(config.out).glob("predictions-*.arrows"):
+            old.unlink()
+    for name in (config.stats, config.dead_letters):
+        if name is not None:
+            Path(name).unlink(missing_ok=True)
+
+
+def recovery_for(config: Any) -> tuple[Any, bool]:
+    """Bytewax's RecoveryConfig for ``config`` (or None) and whether this run resumes.
+
+    An empty or missing recovery directory is initialized (one partition), so the first
+    run with ``--recovery-dir`` needs no separate set-up step.
+    """
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
-    from tickpool.connectors.arrow_source import count_rows
+    if config.recovery_dir is None:
+        return None, False
+    db = Path(config.recovery_dir)
+    resuming = db.is_dir() and any(db.iterdir())
+    if not resuming:
+        db.mkdir(parents=True, exist_ok=True)
+        init_db_dir(db, 1)  # type: ignore[no-untyped-call]
+    return RecoveryConfig(str(db)), resuming  # type: ignore[no-untyped-call]
+
+
+def run_replay(config: Any, *, quiet: bool = False) -> dict[str, Any]:
+    """Run the replay job in this process; returns the summary numbers."""
+    from tickpool.connectors.arrow_source import count_rows, expand_paths
     from tickpool.pipeline.flow import RunObserver, build_flow
 
+    sources = expand_paths(list(config.sources))  # a clear error before Bytewax starts
+    total = count_rows(sources)
     observer = RunObserver()
     flow = build_flow(config, observer=observer)
-    recovery = None
-    if config.recovery_dir is not None:
-        db = Path(config.recovery_dir)
-        if not db.exists() or not any(db.iterdir()):
-            db.mkdir(parents=True, exist_ok=True)
-            init_db_dir(db, 1)  # type: ignore[no-untyped-call]
-        recovery = RecoveryConfig(str(db))  # type: ignore[no-untyped-call]
-    total = count_rows(list(config.sources))
+    return run_job(flow, config, observer, total=total, quiet=quiet, label="replaying")
+
+
+def run_job(
+    flow: Any,
+    config: Any,
+    observer: Any,
+    *,
+    total: int | None,
+    quiet: bool = False,
+    label: str = "running",
+) -> dict[str, Any]:
+    """Run ``flow`` in this process with a progress bar; returns (and prints) the summary.
+
+    ``observer`` is the :class:`RunObserver` the flow was built with; ``total`` the rows
+    expected (None for an endless feed).  A fresh run (no recovery state to resume) first
+    removes the outputs of any earlier run.
+    """
+    from bytewax._bytewax import cli_main
+
+    recovery, resuming = recovery_for(config)
+    if not resuming:
+        clear_outputs(config)
     t0 = time.perf_counter()
     done = threading.Event()
     with _progress(disable=quiet) as progress:
-        task = progress.add_task("replaying", total=total)
+        task = progress.add_task(label, total=total)
 
         def poll() -> None:
             while not done.wait(0.2):
@@ -268,24 +319,30 @@ def run_replay(config: Any, *, quiet: bool = False) -> dict[str, Any]:
             done.set()
             poller.join()
             progress.update(task, completed=observer.rows_read)
-    elapsed = time.perf_counter() - t0
+    summary = summarize_run(observer, time.perf_counter() - t0)
+    if not quiet:
+        _err.print(_summary_table(summary, config))
+    return summary
+
+
+def summarize_run(observer: Any, elapsed: float) -> dict[str, Any]:
+    """The summary numbers of a finished run from its observer's latest stats records."""
     recs = list(observer.latest.values())
     ticks = sum(r["ticks"] for r in recs)
+    dead = sum(r["dead_letters"] for r in recs)
+    # Pool counters are process-wide and repeated in every shard's record: take the max.
     hits = max((r["hits"] for r in recs), default=0)
     misses = max((r["misses"] for r in recs), default=0)
-    summary = {
+    return {
         "ticks": ticks,
-        "processed": ticks - sum(r["dead_letters"] for r in recs),
-        "dead_letters": sum(r["dead_letters"] for r in recs),
+        "processed": ticks - dead,
+        "dead_letters": dead,
         "predictions": sum(r["predictions"] for r in recs),
         "seconds": elapsed,
         "ticks_per_s": ticks / elapsed if elapsed > 0 else 0.0,
         "pool_hit_rate": hits / (hits + misses) if hits + misses else 1.0,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    if not quiet:
-        _err.print(_summary_table(summary, config))
-    return summary
 
 
 def timedelta_s(seconds: float) -> Any:
@@ -313,7 +370,7 @@ def _summary_table(s: dict[str, Any], config: Any) -> Table:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    config = replay_config(args)
+    config = job_config(args)
     run_replay(config, quiet=args.quiet)
     return 0
 

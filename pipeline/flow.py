@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from tickpool.connectors.arrow_source import ArrowReplaySource
@@ -34,7 +34,7 @@ from tickpool.operators.models import resolve_model
 from tickpool.pipeline.config import PipelineConfig
 from tickpool.pipeline.pool import BufferPool
 
-__all__ = ["RunObserver", "build_flow"]
+__all__ = ["RunObserver", "attach_job", "build_flow", "process_pool"]
 
 _POOLS: dict[tuple[str, int], BufferPool] = {}
 _POOLS_LOCK = threading.Lock()
@@ -91,7 +91,7 @@ class _ObserverSink(DynamicSink[Any]):
 
 
 def build_flow(config: PipelineConfig, *, observer: RunObserver | None = None) -> Dataflow:
-    """The replay dataflow for ``config``.
+    """The replay dataflow for ``config``: Arrow files in, the window job, the sinks.
 
     Args:
         config: sources, window job, sinks (see :class:`PipelineConfig`).
@@ -99,14 +99,6 @@ def build_flow(config: PipelineConfig, *, observer: RunObserver | None = None) -
     """
     if not config.sources:
         raise ValueError("no sources: give at least one Arrow or Parquet file or glob")
-    engine = config.engine()
-    model = resolve_model(
-        config.model, window=engine.window, horizon=engine.horizon, normalize=engine.normalize
-    )
-    shards = config.shard_count
-    partitions = [str(i) for i in range(shards)]
-    pool = process_pool(config)
-
     flow = Dataflow("tickpool_replay")
     ticks = op.input(
         "ticks",
@@ -118,6 +110,26 @@ def build_flow(config: PipelineConfig, *, observer: RunObserver | None = None) -
             ts_column=config.ts_column,
         ),
     )
+    attach_job(ticks, config, observer=observer)
+    return flow
+
+
+def attach_job(
+    ticks: Stream[TickBatch], config: PipelineConfig, *, observer: RunObserver | None = None
+) -> None:
+    """Everything after the source: shard, window job, and the sinks ``config`` names.
+
+    Any source of :class:`TickBatch` items can feed it (Arrow replay, a live feed, Kafka),
+    so every entry point shares one job and one set of sinks.
+    """
+    engine = config.engine()
+    model = resolve_model(
+        config.model, window=engine.window, horizon=engine.horizon, normalize=engine.normalize
+    )
+    shards = config.shard_count
+    partitions = [str(i) for i in range(shards)]
+    pool = process_pool(config)
+
     if observer is not None:
         op.inspect("observe", ticks, lambda _step, item: observer.saw(item))
     keyed = shard_batches("shard", ticks, shards, config.symbol_column)
@@ -152,4 +164,3 @@ def build_flow(config: PipelineConfig, *, observer: RunObserver | None = None) -
         )
     if observer is not None:
         op.output("observe_stats", out.stats, _ObserverSink(observer))
-    return flow
