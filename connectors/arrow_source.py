@@ -39,6 +39,7 @@ __all__ = [
     "TickSourceError",
     "count_rows",
     "expand_paths",
+    "file_schema",
     "iter_tick_batches",
 ]
 
@@ -381,6 +382,19 @@ def iter_tick_batches(
     try:
         for piece, _after in _pieces(reader, _START, max_batch_rows):
             yield piece
+    finally:
+        reader.close()
+
+
+def file_schema(path: str | os.PathLike[str]) -> pa.Schema:
+    """The schema of one tick file (IPC file, IPC stream or Parquet), read without its data.
+
+    Raises:
+        TickSourceError: the file is missing, not Arrow or Parquet, empty or unreadable.
+    """
+    reader = _open_reader(os.fspath(path))
+    try:
+        return reader.schema
     finally:
         reader.close()
 

@@ -34,6 +34,7 @@ __all__ = [
     "SymbolCodes",
     "TickSchemaError",
     "Ticks",
+    "check_columns",
     "float64_view",
     "read_symbols",
     "read_ticks",
@@ -88,7 +89,7 @@ class TickSchemaError(ValueError):
         where = f" in {source}" if source else ""
         if found is None:
             have = ", ".join(columns) if columns else "none"
-            what = f"is missing (the batch has columns: {have})"
+            what = f"is missing (columns found: {have})"
         else:
             what = f"has type {found}"
         super().__init__(f"column {column!r}{where} {what}; expected {expected}")
@@ -221,7 +222,10 @@ def read_symbols(batch: pa.RecordBatch, column: str = "symbol", *, source: str =
 
     A plain utf8 / large_utf8 column is dictionary-encoded first (one C++ pass, new codes).
     """
-    return _symbol_codes(_column(batch, column, EXPECTED_SYMBOL, source), column, source)
+    indices = batch.schema.get_all_field_indices(column)
+    if len(indices) != 1:
+        check_columns(batch.schema, ColumnSpec(ts=column, symbol=column, value=column), source)
+    return _symbol_codes(batch.column(indices[0]), column, source)
 
 
 def read_ticks(
@@ -247,12 +251,10 @@ def read_ticks(
         )
     if policy not in ("drop", "error"):
         raise ValueError(f"read_ticks: policy is {policy!r}; expected 'drop' or 'error'")
-    ts_col = _column(batch, spec.ts, EXPECTED_TS, source)
-    sym_col = _column(batch, spec.symbol, EXPECTED_SYMBOL, source)
-    val_col = _column(batch, spec.value, EXPECTED_VALUE, source)
-    _check_ts_type(ts_col, spec.ts, source)
-    _check_symbol_type(sym_col, spec.symbol, source)
-    _check_value_type(val_col, spec.value, source)
+    check_columns(batch.schema, spec, source)
+    ts_col = batch.column(spec.ts)
+    sym_col = batch.column(spec.symbol)
+    val_col = batch.column(spec.value)
 
     leases: list[npt.NDArray[np.float64]] = []
     try:
@@ -289,24 +291,36 @@ def read_ticks(
 # --- columns and types ---------------------------------------------------------------------------
 
 
-def _column(batch: pa.RecordBatch, name: str, expected: str, source: str) -> pa.Array[Any]:
-    indices = batch.schema.get_all_field_indices(name)
-    if not indices:
-        raise TickSchemaError(name, None, expected, source, tuple(batch.schema.names))
-    if len(indices) > 1:
-        where = f" in {source}" if source else ""
-        raise ValueError(f"column {name!r}{where} appears {len(indices)} times; expected once")
-    return batch.column(indices[0])
+def check_columns(schema: pa.Schema, spec: ColumnSpec, source: str = "") -> None:
+    """Check that ``schema`` has the ts, symbol and value columns, once each, of usable types.
+
+    What `read_ticks` checks first, on a schema alone: callers check a file's schema before
+    any batch flows (``tickpool replay`` does, so a wrong file fails before the run starts).
+
+    Raises:
+        TickSchemaError: a column is missing or has a type the reader cannot use.
+        ValueError: a column name appears more than once.
+    """
+    for name, expected, check in (
+        (spec.ts, EXPECTED_TS, _check_ts_type),
+        (spec.symbol, EXPECTED_SYMBOL, _check_symbol_type),
+        (spec.value, EXPECTED_VALUE, _check_value_type),
+    ):
+        indices = schema.get_all_field_indices(name)
+        if not indices:
+            raise TickSchemaError(name, None, expected, source, tuple(schema.names))
+        if len(indices) > 1:
+            where = f" in {source}" if source else ""
+            raise ValueError(f"column {name!r}{where} appears {len(indices)} times; expected once")
+        check(schema.field(indices[0]).type, name, source)
 
 
-def _check_ts_type(array: pa.Array[Any], column: str, source: str) -> None:
-    t = array.type
+def _check_ts_type(t: pa.DataType, column: str, source: str) -> None:
     if not (pa.types.is_int64(t) or pa.types.is_timestamp(t)):
         raise TickSchemaError(column, str(t), EXPECTED_TS, source)
 
 
-def _check_symbol_type(array: pa.Array[Any], column: str, source: str) -> None:
-    t = array.type
+def _check_symbol_type(t: pa.DataType, column: str, source: str) -> None:
     if _is_utf8(t):
         return
     if (
@@ -318,8 +332,7 @@ def _check_symbol_type(array: pa.Array[Any], column: str, source: str) -> None:
     raise TickSchemaError(column, str(t), EXPECTED_SYMBOL, source)
 
 
-def _check_value_type(array: pa.Array[Any], column: str, source: str) -> None:
-    t = array.type
+def _check_value_type(t: pa.DataType, column: str, source: str) -> None:
     if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
         raise TickSchemaError(column, str(t), EXPECTED_VALUE, source)
 
@@ -409,7 +422,7 @@ def _read_ts(
 
 
 def _symbol_codes(array: pa.Array[Any], column: str, source: str) -> SymbolCodes:
-    _check_symbol_type(array, column, source)
+    _check_symbol_type(array.type, column, source)
     encoded = array if isinstance(array, pa.DictionaryArray) else pc.dictionary_encode(array)
     assert isinstance(encoded, pa.DictionaryArray)  # dictionary_encode of a string array
     dictionary = encoded.dictionary

@@ -267,10 +267,14 @@ def recovery_for(config: Any) -> tuple[Any, bool]:
 
 def run_replay(config: Any, *, quiet: bool = False) -> dict[str, Any]:
     """Run the replay job in this process; returns the summary numbers."""
-    from tickpool.connectors.arrow_source import count_rows, expand_paths
+    from tickpool.connectors.arrow_source import count_rows, expand_paths, file_schema
+    from tickpool.operators.columns import check_columns
     from tickpool.pipeline.flow import RunObserver, build_flow
 
-    sources = expand_paths(list(config.sources))  # a clear error before Bytewax starts
+    # Missing files and wrong schemas fail here, with one clear line, before Bytewax starts.
+    sources = expand_paths(list(config.sources))
+    for path in sources:
+        check_columns(file_schema(path), config.columns, f"file {path}")
     total = count_rows(sources)
     observer = RunObserver()
     flow = build_flow(config, observer=observer)

@@ -244,7 +244,7 @@ def test_a_missing_column_is_named_with_the_columns_the_batch_has() -> None:
     with pytest.raises(TickSchemaError) as caught:
         read_ticks(batch, SPEC, pool, source="file x.arrow, batch 3")
     assert str(caught.value) == (
-        "column 'price' in file x.arrow, batch 3 is missing (the batch has columns: ts, symbol); "
+        "column 'price' in file x.arrow, batch 3 is missing (columns found: ts, symbol); "
         "expected a numeric type (float64 is read without a copy)"
     )
     assert caught.value.found is None and caught.value.column == "price"
