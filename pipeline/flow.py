@@ -34,7 +34,7 @@ from tickpool.operators.models import resolve_model
 from tickpool.pipeline.config import PipelineConfig
 from tickpool.pipeline.pool import BufferPool
 
-__all__ = ["RunObserver", "attach_job", "build_flow", "process_pool"]
+__all__ = ["RunObserver", "attach_job", "build_flow", "from_toml", "process_pool"]
 
 _POOLS: dict[tuple[str, int], BufferPool] = {}
 _POOLS_LOCK = threading.Lock()
@@ -164,3 +164,21 @@ def attach_job(
         )
     if observer is not None:
         op.output("observe_stats", out.stats, _ObserverSink(observer))
+
+
+def from_toml(path: str, **overrides: Any) -> Dataflow:
+    """The replay flow of a TOML config file, for ``python -m bytewax.run``.
+
+    Bytewax's runner calls a factory named in its import string with literal arguments, so
+    a cluster needs no module of the user's own::
+
+        python -m bytewax.run "tickpool.pipeline.flow:from_toml('run.toml')" -w 2 -p 2
+        python -m bytewax.run "tickpool.pipeline.flow:from_toml('run.toml', shards=4)" -r rec/
+
+    With several processes, give ``shards`` (or a ``shards`` key) equal to the total
+    worker count, so every worker gets a shard; outputs of an earlier run are not
+    removed here (``tickpool replay`` does that), since each process builds the flow.
+    """
+    from tickpool.pipeline.config import load_config
+
+    return build_flow(load_config(path).replace(**overrides))
