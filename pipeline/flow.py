@@ -4,14 +4,15 @@ Source (Arrow files) -> key by shard -> window normalization and prediction ->
 sinks for predictions, dead letters, statistics (JSON lines, Prometheus).  One
 buffer pool per process, shared by its workers.
 
-Run it as a Bytewax cluster with a module that exposes the flow, e.g.::
+Run it as a Bytewax cluster with ``from_toml`` (below) or a module that exposes the flow::
 
     # myflow.py
     from tickpool.pipeline.config import PipelineConfig
     from tickpool.pipeline.flow import build_flow
     flow = build_flow(PipelineConfig(sources=("ticks/*.arrow",), out="out", shards=4))
 
-    python -m bytewax.run myflow:flow -w 2 -p 2   # 4 workers in all, 4 shards
+    python -m bytewax.run myflow:flow -w 2 -i 0 -a "$A" &   # A="host0:port;host1:port"
+    python -m bytewax.run myflow:flow -w 2 -i 1 -a "$A"     # 4 workers in all, 4 shards
 """
 
 from __future__ import annotations
@@ -172,8 +173,9 @@ def from_toml(path: str, **overrides: Any) -> Dataflow:
     Bytewax's runner calls a factory named in its import string with literal arguments, so
     a cluster needs no module of the user's own::
 
-        python -m bytewax.run "tickpool.pipeline.flow:from_toml('run.toml')" -w 2 -p 2
-        python -m bytewax.run "tickpool.pipeline.flow:from_toml('run.toml', shards=4)" -r rec/
+        A="127.0.0.1:2101;127.0.0.1:2102"   # one process per address, -i its index
+        python -m bytewax.run "tickpool.pipeline.flow:from_toml('run.toml')" -w 2 -i 0 -a "$A"
+        python -m bytewax.run "tickpool.pipeline.flow:from_toml('run.toml')" -w 2 -i 1 -a "$A"
 
     With several processes, give ``shards`` (or a ``shards`` key) equal to the total
     worker count, so every worker gets a shard; outputs of an earlier run are not
