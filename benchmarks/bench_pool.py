@@ -1,6 +1,7 @@
 """Buffer pool costs: lease/return latency against np.empty, and steady-state hit rate.
 
-Run: ``python -m benchmarks.bench_pool``.  Prints markdown tables; asserts nothing.
+Run: ``python -m benchmarks.bench_pool`` (``--quick``: fewer calls and leases).
+Prints markdown tables; asserts nothing.
 The original (Rust) design promised < 1 us per get/return and a 60-80% hit rate;
 tickpool aims for < 1 us in Python and > 95% hit rate in steady state.
 """
@@ -93,10 +94,13 @@ def hit_rate_rows(leases: int) -> list[list[object]]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=20_000)
+    ap.add_argument("--quick", action="store_true", help="fewer calls and leases")
+    ap.add_argument("--calls", type=int, default=None, help="calls per sample (20,000)")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--leases", type=int, default=200_000)
+    ap.add_argument("--leases", type=int, default=None, help="leases per tier (200,000)")
     args = ap.parse_args(argv)
+    args.calls = args.calls or (5_000 if args.quick else 20_000)
+    args.leases = args.leases or (50_000 if args.quick else 200_000)
     print(f"# bench_pool ({machine_line()})\n")
     print("## Lease + return, median ns per call\n")
     print(

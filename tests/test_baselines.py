@@ -1,0 +1,110 @@
+"""The benchmark baselines compute tickpool's job: the same predictions, tick for tick.
+
+bench_e2e and bench_replay compare tickpool against these implementations; a baseline that
+computed something else (another std, another constant-window rule, windows off by one)
+would make those comparisons meaningless. So each must agree with the engine's output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.baselines import (
+    LinearJob,
+    Predictions,
+    bytewax_per_tick,
+    compare,
+    fused_available,
+    numpy_fused,
+    numpy_kernels,
+    pandas_rolling,
+    read_columns,
+    read_predictions,
+    river_per_tick,
+    save_job,
+    tickpool_replay,
+)
+from tickpool.connectors.synthetic import write_ticks
+
+needs_river = pytest.mark.skipif(
+    importlib.util.find_spec("river") is None, reason="River is in the [bench] extra"
+)
+needs_fused = pytest.mark.skipif(
+    not fused_available(), reason="this tickpool has no operators/fused.py"
+)
+
+WINDOW = 16
+TICKS = 3_000
+SYMBOLS = 3
+REL_TOL = 1e-9
+
+Baseline = Callable[[str | Path, LinearJob], Predictions]
+
+
+@pytest.fixture(scope="module")
+def job_and_reference(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, LinearJob, Predictions]:
+    """A small generated file (in batches of 512, so windows cross batch cuts), a linear model,
+    and tickpool's own predictions for it."""
+    folder = tmp_path_factory.mktemp("baselines")
+    ticks = folder / "ticks.arrow"
+    write_ticks(ticks, TICKS, SYMBOLS, seed=11, batch_rows=512)
+    job = LinearJob.example(WINDOW)
+    model = save_job(job, folder / "model.npz")
+    tickpool_replay(ticks, model, WINDOW, folder / "out")
+    return ticks, job, read_predictions(folder / "out")
+
+
+def test_the_reference_has_a_prediction_per_window(
+    job_and_reference: tuple[Path, LinearJob, Predictions],
+) -> None:
+    _, _, reference = job_and_reference
+    assert len(reference) == SYMBOLS
+    assert sum(len(v) for v in reference.values()) == TICKS - SYMBOLS * (WINDOW - 1)
+
+
+def test_the_data_has_constant_windows(
+    job_and_reference: tuple[Path, LinearJob, Predictions],
+) -> None:
+    """Equal prices in a row are common on a tick grid: the constant-window rule is exercised."""
+    ticks, _, _ = job_and_reference
+    _, codes, price = read_columns(ticks)
+    constant = 0
+    for k in range(SYMBOLS):
+        x = price[codes == k]
+        windows = np.lib.stride_tricks.sliding_window_view(x, WINDOW)
+        constant += int((windows.max(axis=1) == windows.min(axis=1)).sum())
+    assert constant > 0
+
+
+@pytest.mark.parametrize(
+    "baseline",
+    [
+        pytest.param(bytewax_per_tick, id="bytewax-per-tick"),
+        pytest.param(river_per_tick, id="river", marks=needs_river),
+        pytest.param(pandas_rolling, id="pandas"),
+        pytest.param(numpy_kernels, id="numpy-kernels"),
+        pytest.param(numpy_fused, id="numpy-fused", marks=needs_fused),
+    ],
+)
+def test_baseline_predicts_what_tickpool_predicts(
+    baseline: Baseline, job_and_reference: tuple[Path, LinearJob, Predictions]
+) -> None:
+    ticks, job, reference = job_and_reference
+    theirs = baseline(ticks, job)
+    assert {k: len(v) for k, v in theirs.items()} == {k: len(v) for k, v in reference.items()}
+    _, worst_rel = compare(reference, theirs)
+    assert worst_rel <= REL_TOL
+
+
+def test_compare_flags_a_shifted_window() -> None:
+    a = {"X": np.array([1.0, 2.0, 3.0])}
+    assert compare(a, {"X": np.array([1.0, 2.0])}) == (np.inf, np.inf)
+    assert compare(a, {"X": np.array([1.0, 2.0])}, prefix=True) == (0.0, 0.0)
+    assert compare(a, {"X": np.array([2.0, 3.0])}, prefix=True)[1] > 0.1
