@@ -1,21 +1,24 @@
 """The ``tickpool`` command line: one subcommand per user path.
 
 ``generate`` synthetic ticks, ``fit`` a linear window model, ``replay`` Arrow files
-through the pipeline, ``stats`` to summarize a statistics file, and ``demo``, the
-embedded default that needs no data and no server.  Bad input ends with a one-line
+through the pipeline, ``feed`` a live WebSocket feed through it (``serve-feed`` simulates
+one from a file), ``stats`` to summarize a statistics file, and ``demo``, the embedded
+default that needs no data and no server.  Bad input ends with a one-line
 error on stderr and exit code 2 (set ``TICKPOOL_TRACEBACK=1`` for the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
+import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -79,6 +82,25 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
+def _feed_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=("generic", "coinbase"), default="generic")
+    p.add_argument("--subscribe", help="JSON message to send after each connect")
+    p.add_argument("--max-rows", type=int, default=4096, help="ticks per batch at most (4096)")
+    p.add_argument(
+        "--max-latency-ms", type=float, default=50.0, help="a tick waits at most this long (50)"
+    )
+    p.add_argument("--queue-size", type=int, default=65_536, help="frames between socket and flow")
+    p.add_argument(
+        "--when-full",
+        choices=("block", "drop-oldest"),
+        default="block",
+        help="full queue: block the reader (default) or drop the oldest frame (counted)",
+    )
+    p.add_argument("--max-message-bytes", type=int, default=1 << 20, help="frame size limit")
+    p.add_argument("--max-ticks", type=int, help="stop after N records (ticks + dead letters)")
+    p.add_argument("--duration", type=float, help="stop after S seconds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
@@ -112,6 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--speed", type=float, help="0: as fast as possible, 1: market speed")
     add_job_options(r)
 
+    fd = sub.add_parser("feed", help="run the window pipeline on a live WebSocket feed")
+    fd.add_argument("url", help="ws:// or wss:// URL of the feed")
+    _feed_options(fd)
+    add_job_options(fd)
+
+    sf = sub.add_parser("serve-feed", help="serve an Arrow file of ticks as a WebSocket feed")
+    sf.add_argument("file", help="Arrow IPC file/stream or Parquet file of ticks")
+    sf.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sf.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free)")
+    sf.add_argument("--speed", type=float, default=1.0, help="x market speed; 0: max (1)")
+    sf.add_argument("--format", choices=("generic", "coinbase"), default="generic")
+    sf.add_argument("--batch", type=int, default=1, help="ticks per frame at most (generic)")
+    sf.add_argument("--loop", action="store_true", help="replay the file forever")
+    sf.add_argument(
+        "--stamp-send-time",
+        action="store_true",
+        help="ts = wall-clock send time (generic; for latency benchmarks)",
+    )
+
     s = sub.add_parser("stats", help="summarize a pool statistics JSON-lines file")
     s.add_argument("file")
     s.add_argument("--plot", help="also draw hit rate, pool limit and throughput to this PNG")
@@ -121,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--symbols", type=int, default=8)
     d.add_argument("--window", type=int, default=64)
     d.add_argument("--keep", help="keep the demo's files in this directory")
+
+    # Kafka's commands live beside their flow (they import this module's helpers).
+    from tickpool.pipeline.kafka_cli import register as register_kafka
+
+    COMMANDS.update(register_kafka(sub))
     return parser
 
 
@@ -303,7 +349,7 @@ def run_job(
         clear_outputs(config)
     t0 = time.perf_counter()
     done = threading.Event()
-    with _progress(disable=quiet) as progress:
+    with _progress(disable=quiet, endless=total is None) as progress:
         task = progress.add_task(label, total=total)
 
         def poll() -> None:
@@ -325,15 +371,21 @@ def run_job(
             progress.update(task, completed=observer.rows_read)
     summary = summarize_run(observer, time.perf_counter() - t0)
     if not quiet:
-        _err.print(_summary_table(summary, config))
+        _err.print(_summary_table(summary, config, "replay" if total is not None else "feed"))
     return summary
 
 
 def summarize_run(observer: Any, elapsed: float) -> dict[str, Any]:
-    """The summary numbers of a finished run from its observer's latest stats records."""
+    """The summary numbers of a finished run from its observer's latest stats records.
+
+    A live feed's records also carry its ``feed_*`` counters (process-wide, repeated in every
+    record like the pool's): messages it dead-lettered itself count as ticks read and as dead
+    letters, so ``processed + dead_letters = ticks`` still holds.
+    """
     recs = list(observer.latest.values())
-    ticks = sum(r["ticks"] for r in recs)
-    dead = sum(r["dead_letters"] for r in recs)
+    source_dead = max((r.get("feed_rejected", 0) for r in recs), default=0)
+    ticks = sum(r["ticks"] for r in recs) + source_dead
+    dead = sum(r["dead_letters"] for r in recs) + source_dead
     # Pool counters are process-wide and repeated in every shard's record: take the max.
     hits = max((r["hits"] for r in recs), default=0)
     misses = max((r["misses"] for r in recs), default=0)
@@ -346,6 +398,11 @@ def summarize_run(observer: Any, elapsed: float) -> dict[str, Any]:
         "ticks_per_s": ticks / elapsed if elapsed > 0 else 0.0,
         "pool_hit_rate": hits / (hits + misses) if hits + misses else 1.0,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **{
+            key: max(r.get(key, 0) for r in recs)
+            for key in ("feed_reconnects", "feed_dropped", "feed_ignored", "feed_discarded")
+            if any(key in r for r in recs)
+        },
     }
 
 
@@ -355,9 +412,9 @@ def timedelta_s(seconds: float) -> Any:
     return timedelta(seconds=seconds)
 
 
-def _summary_table(s: dict[str, Any], config: Any) -> Table:
+def _summary_table(s: dict[str, Any], config: Any, command: str = "replay") -> Table:
     t = Table(
-        title=f"replay: W={config.window} S={config.stride} H={config.horizon} "
+        title=f"{command}: W={config.window} S={config.stride} H={config.horizon} "
         f"{config.normalize}, model {config.model}"
     )
     t.add_column("measure")
@@ -370,12 +427,119 @@ def _summary_table(s: dict[str, Any], config: Any) -> Table:
     t.add_row("ticks/s", f"{s['ticks_per_s']:,.0f}")
     t.add_row("pool hit rate", f"{s['pool_hit_rate']:.2%}")
     t.add_row("peak RSS (incl. mapped input)", f"{s['peak_rss_mb']:,.0f} MB")
+    for key in ("feed_reconnects", "feed_dropped", "feed_ignored", "feed_discarded"):
+        if key in s:
+            t.add_row(key.replace("_", " "), f"{s[key]:,}")
     return t
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     config = job_config(args)
     run_replay(config, quiet=args.quiet)
+    return 0
+
+
+def feed_config(args: argparse.Namespace) -> Any:
+    """FeedConfig from the ``feed`` command's options (validated, with clear messages)."""
+    from tickpool.connectors.websocket_source import FeedConfig
+
+    return FeedConfig(
+        url=args.url,
+        preset=args.preset,
+        subscribe=args.subscribe,
+        max_rows=args.max_rows,
+        max_latency_ms=args.max_latency_ms,
+        queue_size=args.queue_size,
+        when_full=args.when_full,
+        max_message_bytes=args.max_message_bytes,
+        max_ticks=args.max_ticks,
+        duration_s=args.duration,
+    )
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
+    """While active, SIGINT and SIGTERM set ``stop`` instead of raising KeyboardInterrupt.
+
+    Bytewax runs Python signal handlers between steps (``check_signals``); ours only sets
+    the event, so the dataflow is not torn down: the feed source sees the event, drains what
+    it holds and ends its partition, the flow reaches EOF, the window job emits its final
+    statistics and returns its buffers, and the sinks flush and close. A second Ctrl-C
+    raises KeyboardInterrupt at once (abort, as before). Only in the main thread (Python
+    allows handlers there only); elsewhere it changes nothing.
+    """
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        name = signal.Signals(signum).name
+        _err.print(f"{name}: finishing the batches in flight (Ctrl-C again to abort)")
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handle)
+    try:
+        yield stop
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def run_feed(
+    config: Any, feed: Any, *, quiet: bool = False, stop: threading.Event | None = None
+) -> dict[str, Any]:
+    """Run the live job on ``feed`` until it ends (``--max-ticks``/``--duration``) or is stopped.
+
+    Ctrl-C or SIGTERM (or setting ``stop``) ends the run cleanly: see :func:`stop_on_signals`.
+    """
+    from tickpool.pipeline.flow import RunObserver, build_feed_flow
+
+    stop = threading.Event() if stop is None else stop
+    observer = RunObserver()
+    flow = build_feed_flow(config, feed, observer=observer, stop=stop)
+    with stop_on_signals(stop):
+        return run_job(flow, config, observer, total=None, quiet=quiet, label=f"feed {feed.url}")
+
+
+def cmd_feed(args: argparse.Namespace) -> int:
+    config = job_config(args)
+    feed = feed_config(args)
+    run_feed(config, feed, quiet=args.quiet)
+    return 0
+
+
+def cmd_serve_feed(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tickpool.connectors.feed_server import FeedServer
+
+    server = FeedServer(
+        args.file,
+        host=args.host,
+        port=args.port,
+        speed=args.speed,
+        fmt=args.format,
+        batch=args.batch,
+        loop=args.loop,
+        stamp_send_time=args.stamp_send_time,
+    )
+
+    async def serve() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.listening.is_set() and not task.done():
+            await asyncio.sleep(0.01)
+        if not task.done():
+            _err.print(
+                f"serving {args.file} on ws://{args.host}:{server.port} "
+                f"({args.format}, speed {args.speed:g}); Ctrl-C to stop"
+            )
+        await task
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how serve-feed stops
+        asyncio.run(serve())
+    _err.print(f"sent {server.ticks_sent:,} ticks in {server.frames_sent:,} frames")
     return 0
 
 
@@ -442,11 +606,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(disable: bool = False) -> Progress:
+def _progress(disable: bool = False, *, endless: bool = False) -> Progress:
+    """A progress bar on stderr; ``endless`` (a live feed: no total) shows the count only."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,}"),
+        TextColumn("{task.completed:,}" if endless else "{task.completed:,}/{task.total:,}"),
         TimeElapsedColumn(),
         console=_err,
         disable=disable,
@@ -458,6 +623,8 @@ COMMANDS = {
     "generate": cmd_generate,
     "fit": cmd_fit,
     "replay": cmd_replay,
+    "feed": cmd_feed,
+    "serve-feed": cmd_serve_feed,
     "stats": cmd_stats,
     "demo": cmd_demo,
 }

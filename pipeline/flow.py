@@ -1,5 +1,7 @@
 """``build_flow(config) -> Dataflow``: the replay job, usable with ``python -m bytewax.run``.
 
+``build_feed_flow(config, feed)`` is the same job on a live WebSocket feed (``tickpool feed``).
+
 Source (Arrow files) -> key by shard -> window normalization and prediction ->
 sinks for predictions, dead letters, statistics (JSON lines, Prometheus).  One
 buffer pool per process, shared by its workers.
@@ -18,9 +20,9 @@ Run it as a Bytewax cluster with ``from_toml`` (below) or a module that exposes 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -29,13 +31,21 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from tickpool.connectors.arrow_source import ArrowReplaySource
 from tickpool.connectors.metrics import PrometheusStatsSink
 from tickpool.connectors.sinks import ArrowStreamSink, JsonLinesSink, StdoutSink
-from tickpool.operators.dataflow import shard_batches, window_predict
-from tickpool.operators.items import TickBatch, prediction_schema
+from tickpool.connectors.websocket_source import FeedConfig, FeedItem, WebSocketSource
+from tickpool.operators.dataflow import WindowStreams, shard_batches, window_predict
+from tickpool.operators.items import DeadLetter, TickBatch, prediction_schema
 from tickpool.operators.models import resolve_model
 from tickpool.pipeline.config import PipelineConfig
 from tickpool.pipeline.pool import BufferPool
 
-__all__ = ["RunObserver", "attach_job", "build_flow", "from_toml", "process_pool"]
+__all__ = [
+    "RunObserver",
+    "attach_job",
+    "build_feed_flow",
+    "build_flow",
+    "from_toml",
+    "process_pool",
+]
 
 _POOLS: dict[tuple[str, int], BufferPool] = {}
 _POOLS_LOCK = threading.Lock()
@@ -115,13 +125,74 @@ def build_flow(config: PipelineConfig, *, observer: RunObserver | None = None) -
     return flow
 
 
+def build_feed_flow(
+    config: PipelineConfig,
+    feed: FeedConfig,
+    *,
+    observer: RunObserver | None = None,
+    stop: threading.Event | None = None,
+) -> Dataflow:
+    """The live dataflow: a WebSocket feed in, the same window job and sinks as replay.
+
+    The feed's unmappable messages go to the dead-letter sink beside the window job's, and the
+    feed's counters (``feed_*``: received, rejected, dropped, reconnects, ...) are added to every
+    statistics record, so a run accounts for every message it received.
+
+    Args:
+        config: the window job and sinks (``config.sources`` is not used).
+        feed: the feed's settings.
+        observer: receives row counts and stats records (for progress and summaries).
+        stop: set it to end the run cleanly (the source drains, the flow reaches EOF).
+    """
+    flow = Dataflow("tickpool_feed")
+    source = WebSocketSource(
+        feed,
+        ts_column=config.ts_column,
+        symbol_column=config.symbol_column,
+        value_column=config.value,
+        stop=stop,
+    )
+    items: Stream[FeedItem] = op.input("feed", flow, source)
+    split = op.branch("feed_ticks", items, _is_tick_batch)
+    rejected = op.map("feed_rejected", split.falses, _as_dead_letter)
+    attach_job(split.trues, config, observer=observer, rejected=rejected, extra_stats=source.stats)
+    return flow
+
+
+def _is_tick_batch(item: FeedItem) -> TypeGuard[TickBatch]:
+    return isinstance(item, TickBatch)
+
+
+def _as_dead_letter(item: FeedItem) -> DeadLetter:
+    assert isinstance(item, DeadLetter)
+    return item
+
+
 def attach_job(
-    ticks: Stream[TickBatch], config: PipelineConfig, *, observer: RunObserver | None = None
-) -> None:
+    ticks: Stream[TickBatch],
+    config: PipelineConfig,
+    *,
+    observer: RunObserver | None = None,
+    rejected: Stream[DeadLetter] | None = None,
+    extra_stats: Callable[[], Mapping[str, Any]] | None = None,
+) -> WindowStreams:
     """Everything after the source: shard, window job, and the sinks ``config`` names.
 
     Any source of :class:`TickBatch` items can feed it (Arrow replay, a live feed, Kafka),
     so every entry point shares one job and one set of sinks.
+
+    Args:
+        ticks: the source's tick batches.
+        config: the window job and the sinks.
+        observer: receives row counts and stats records.
+        rejected: dead letters the *source* made (messages it could not turn into ticks);
+            they join the dead-letter sink.
+        extra_stats: called for each statistics record; its fields are added to the record
+            (a source's own counters, e.g. a feed's reconnects).
+
+    Returns:
+        the window job's output streams (predictions, dead letters, stats), for callers that
+        want more sinks (benchmarks).
     """
     engine = config.engine()
     model = resolve_model(
@@ -152,10 +223,18 @@ def attach_job(
             ArrowStreamSink(config.out, partitions, prediction_schema(engine.horizon)),
         )
     if config.dead_letters is not None:
-        dead = op.key_on(
-            "dead_letters_one_file", op.key_rm("dl_unkey", out.dead_letters), lambda _: "0"
-        )
+        dead_all = op.key_rm("dl_unkey", out.dead_letters)
+        if rejected is not None:
+            dead_all = op.merge("dl_with_source", rejected, dead_all)
+        dead = op.key_on("dead_letters_one_file", dead_all, lambda _: "0")
         op.output("dead_letters", dead, JsonLinesSink(config.dead_letters, ["0"]))
+    if extra_stats is not None:
+        add = extra_stats
+        out = WindowStreams(
+            predictions=out.predictions,
+            dead_letters=out.dead_letters,
+            stats=op.map_value("stats_extra", out.stats, lambda rec: {**rec, **add()}),
+        )
     stats_one = op.key_on("stats_one_file", op.key_rm("stats_unkey", out.stats), lambda _: "0")
     if config.stats is not None:
         op.output("stats", stats_one, JsonLinesSink(config.stats, ["0"]))
@@ -165,6 +244,7 @@ def attach_job(
         )
     if observer is not None:
         op.output("observe_stats", out.stats, _ObserverSink(observer))
+    return out
 
 
 def from_toml(path: str, **overrides: Any) -> Dataflow:

@@ -1,0 +1,330 @@
+"""Kafka message codecs, no broker: round trips, zero-copy reads, dead letters with reasons."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tickpool.connectors.kafka_codecs import (
+    JsonTickBatcher,
+    KafkaDecodeError,
+    MessageRef,
+    TickDecoder,
+    decode_arrow,
+    decode_predictions,
+    encode_arrow,
+    encode_json_ticks,
+    encode_predictions,
+    split_by_key,
+)
+from tickpool.operators.items import DeadLetter, TickBatch, prediction_schema
+
+REF = MessageRef("ticks", 3, 41)
+UTC_NS = pa.timestamp("ns", tz="UTC")
+
+
+@st.composite
+def tick_batches(draw: st.DrawFn, *, finite: bool = False, dictionary: bool = False) -> Any:
+    n = draw(st.integers(1, 60))
+    ts = np.cumsum(draw(st.lists(st.integers(0, 10**9), min_size=n, max_size=n)))
+    ts = ts + draw(st.integers(0, 1_800_000_000)) * 10**9
+    symbols = draw(
+        st.lists(st.sampled_from(["BTCUSDT", "ESH4", "é/€", "A"]), min_size=n, max_size=n)
+    )
+    prices = draw(
+        st.lists(
+            st.floats(allow_nan=not finite, allow_infinity=not finite, width=64),
+            min_size=n,
+            max_size=n,
+        )
+    )
+    symbol_array = pa.array(symbols, pa.string())
+    if dictionary:
+        symbol_array = symbol_array.dictionary_encode()
+    return pa.record_batch(
+        {
+            "ts": pa.array(ts, pa.int64()).view(UTC_NS),
+            "symbol": symbol_array,
+            "price": pa.array(prices, pa.float64()),
+        }
+    )
+
+
+# -- Arrow ---------------------------------------------------------------------------------------
+
+
+@given(tick_batches(dictionary=True))
+@settings(max_examples=60, deadline=None)
+def test_arrow_payload_round_trips_every_column(batch: pa.RecordBatch) -> None:
+    decoded = decode_arrow(encode_arrow(batch), REF)
+    assert decoded.schema.equals(batch.schema)
+    assert decoded.select(["ts", "symbol"]).equals(batch.select(["ts", "symbol"]))
+    np.testing.assert_array_equal(  # NaN == NaN here, unlike in RecordBatch.equals
+        decoded.column("price").to_numpy(), batch.column("price").to_numpy()
+    )
+
+
+def test_arrow_decode_reads_the_message_bytes_without_copying() -> None:
+    batch = pa.record_batch(
+        {
+            "ts": pa.array(np.arange(1_000, dtype=np.int64)).view(UTC_NS),
+            "symbol": pa.array(["A"] * 1_000),
+            "price": pa.array(np.linspace(100.0, 101.0, 1_000)),
+        }
+    )
+    value = encode_arrow(batch)
+    decoded = decode_arrow(value, REF)
+    message = np.frombuffer(value, dtype=np.uint8)
+    prices = decoded.column("price").to_numpy()
+    assert np.shares_memory(prices, message)
+    assert np.shares_memory(decoded.column("ts").cast(pa.int64()).to_numpy(), message)
+    np.testing.assert_array_equal(prices, np.linspace(100.0, 101.0, 1_000))
+
+
+def test_a_sliced_batch_encodes_only_its_rows() -> None:
+    batch = pa.record_batch({"symbol": ["A", "B", "C", "D"], "price": [1.0, 2.0, 3.0, 4.0]})
+    decoded = decode_arrow(encode_arrow(batch.slice(1, 2)), REF)
+    assert decoded.column("price").to_pylist() == [2.0, 3.0]
+
+
+# -- JSON ticks ----------------------------------------------------------------------------------
+
+
+@given(tick_batches(finite=True))
+@settings(max_examples=60, deadline=None)
+def test_json_ticks_round_trip_one_tick_per_message(batch: pa.RecordBatch) -> None:
+    messages = encode_json_ticks(batch)
+    assert len(messages) == batch.num_rows
+    batcher = JsonTickBatcher()
+    for offset, value in enumerate(messages):
+        assert batcher.add(value, MessageRef("ticks", 0, offset)) == []
+    item = batcher.flush()
+    assert item is not None
+    assert item.source == "kafka:ticks/0" and item.index == 0
+    assert item.batch.equals(batch)
+    assert batcher.flush() is None  # flushed means empty
+
+
+def test_nan_and_infinite_prices_travel_as_json_null() -> None:
+    batch = pa.record_batch(
+        {
+            "ts": pa.array([1, 2], pa.int64()).view(UTC_NS),
+            "symbol": ["A", "A"],
+            "price": [float("nan"), float("inf")],
+        }
+    )
+    batcher = JsonTickBatcher()
+    for value in encode_json_ticks(batch):
+        batcher.add(value, REF)
+    item = batcher.flush()
+    assert item is not None and item.batch.column("price").to_pylist() == [None, None]
+
+
+def test_a_json_array_message_carries_many_ticks() -> None:
+    value = orjson.dumps([{"ts": i, "symbol": "A", "price": float(i)} for i in range(5)])
+    batcher = JsonTickBatcher()
+    assert batcher.add(value, REF) == []
+    item = batcher.flush()
+    assert item is not None and item.batch.column("price").to_pylist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_json_ticks_take_iso_times_and_decimal_strings() -> None:
+    ticks = [
+        {"ts": "2024-01-02T14:30:00.123456789Z", "symbol": "BTC-USD", "price": "42000.50"},
+        {"ts": "2024-01-02T15:30:00+01:00", "symbol": "BTC-USD", "price": 42001},
+        {"ts": "2024-01-02T14:30:01", "symbol": "BTC-USD", "price": None},  # no zone: UTC
+    ]
+    batcher = JsonTickBatcher()
+    assert batcher.add(orjson.dumps(ticks), REF) == []
+    item = batcher.flush()
+    assert item is not None
+    ts = item.batch.column("ts")
+    assert ts.type == UTC_NS
+    base = 1_704_205_800 * 10**9
+    assert ts.cast(pa.int64()).to_pylist() == [base + 123_456_789, base, base + 10**9]
+    assert item.batch.column("price").to_pylist() == [42000.5, 42001.0, None]
+
+
+def test_json_fields_are_configurable_and_others_ignored() -> None:
+    batcher = JsonTickBatcher(ts="time", symbol="product_id", values=("bid", "ask"))
+    value = b'{"time": 5, "product_id": "X", "bid": 1, "ask": "2", "type": "ticker"}'
+    assert batcher.add(value, REF) == []
+    item = batcher.flush()
+    assert item is not None
+    assert item.batch.schema.names == ["time", "product_id", "bid", "ask"]
+    assert item.batch.to_pylist()[0]["ask"] == 2.0
+
+
+# -- dead letters and errors ---------------------------------------------------------------------
+
+
+def _two_batches() -> bytes:
+    batch = pa.record_batch({"price": [1.0]})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def _empty_stream() -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, pa.schema([("price", pa.float64())])):
+        pass
+    return sink.getvalue().to_pybytes()
+
+
+BAD_MESSAGES = [
+    pytest.param(b"", "empty message value", id="empty"),
+    pytest.param(None, "empty message value", id="tombstone"),
+    pytest.param(b"\x00\x01garbage", "neither an Arrow IPC stream nor JSON", id="garbage"),
+    pytest.param(
+        encode_arrow(pa.record_batch({"price": [1.0, 2.0]}))[:-40],
+        "not a readable Arrow IPC stream",
+        id="arrow-cut-short",
+    ),
+    pytest.param(_two_batches(), "more than one record batch", id="arrow-two-batches"),
+    pytest.param(_empty_stream(), "no record batch", id="arrow-no-batch"),
+    pytest.param(b'{"ts": 1, "symbol": ', "not valid JSON", id="json-cut-short"),
+    pytest.param(b"[1", "not valid JSON", id="json-array-cut-short"),
+]
+
+
+@pytest.mark.parametrize(("value", "found"), BAD_MESSAGES)
+def test_an_undecodable_message_becomes_a_dead_letter_with_its_reason(
+    value: bytes | None, found: str
+) -> None:
+    good = encode_arrow(pa.record_batch({"symbol": ["A"], "price": [1.0]}))
+    items = TickDecoder().decode([(good, MessageRef("ticks", 3, 40)), (value, REF)])
+    assert isinstance(items[0], TickBatch)
+    (letter,) = items[1:]
+    assert isinstance(letter, DeadLetter)
+    assert (letter.source, letter.batch, letter.row) == ("kafka:ticks/3", 41, None)
+    assert letter.reason.startswith("Kafka topic 'ticks', partition 3, offset 41: ")
+    assert found in letter.reason and "expected" in letter.reason
+    if value:
+        assert letter.value == value[:1000].decode("utf-8", errors="replace")
+    assert orjson.dumps(letter.to_dict())  # writable by the dead-letter sink
+
+
+BAD_TICKS = [
+    pytest.param({"symbol": "A", "price": 1}, "ts is missing", id="no-ts"),
+    pytest.param({"ts": True, "symbol": "A", "price": 1}, "ts is a boolean", id="bool-ts"),
+    pytest.param({"ts": 1.7e18, "symbol": "A", "price": 1}, "ambiguous units", id="float-ts"),
+    pytest.param({"ts": "yesterday", "symbol": "A", "price": 1}, "ts is 'yesterday'", id="bad-iso"),
+    pytest.param({"ts": 1, "price": 1}, "symbol is missing", id="no-symbol"),
+    pytest.param({"ts": 1, "symbol": "", "price": 1}, "symbol is ''", id="empty-symbol"),
+    pytest.param({"ts": 1, "symbol": "A", "price": "n/a"}, "price is the text 'n/a'", id="text"),
+    pytest.param({"ts": 1, "symbol": "A", "price": [1]}, "price is a JSON list", id="list-price"),
+    pytest.param(7, "the array holds a JSON int", id="not-an-object"),
+]
+
+
+@pytest.mark.parametrize(("tick", "found"), BAD_TICKS)
+def test_a_bad_tick_in_an_array_is_dead_lettered_and_its_neighbours_kept(
+    tick: Any, found: str
+) -> None:
+    good = {"ts": 1, "symbol": "A", "price": 2.5}
+    items = TickDecoder().decode([(orjson.dumps([good, tick, good]), REF)])
+    batches = [i for i in items if isinstance(i, TickBatch)]
+    letters = [i for i in items if isinstance(i, DeadLetter)]
+    assert [b.batch.num_rows for b in batches] == [2]
+    (letter,) = letters
+    assert letter.row == 1 and letter.batch == 41
+    assert letter.reason.startswith("Kafka topic 'ticks', partition 3, offset 41, tick 1: ")
+    assert found in letter.reason
+    assert letter.value == orjson.dumps(tick).decode()
+
+
+def test_a_json_scalar_message_is_dead_lettered() -> None:
+    (letter,) = TickDecoder(payload="json").decode([(b'"hello"', REF)])
+    assert isinstance(letter, DeadLetter)
+    assert "a JSON str; expected a JSON tick object or a JSON array" in letter.reason
+
+
+def test_decode_errors_name_topic_partition_offset_and_pickle() -> None:
+    with pytest.raises(KafkaDecodeError) as caught:
+        decode_arrow(b"{}", MessageRef("quotes", 7, 123_456))
+    err = caught.value
+    assert (err.topic, err.partition, err.offset) == ("quotes", 7, 123_456)
+    assert str(err).startswith("Kafka topic 'quotes', partition 7, offset 123456: ")
+    assert "expected an Arrow IPC stream holding exactly one record batch" in str(err)
+    again = pickle.loads(pickle.dumps(err))
+    assert str(again) == str(err) and again.ref == err.ref
+
+
+def test_bad_rows_error_raises_instead_of_dead_lettering() -> None:
+    decoder = TickDecoder(bad_rows="error")
+    with pytest.raises(KafkaDecodeError, match="offset 41: neither an Arrow IPC stream"):
+        decoder.decode([(b"nonsense", REF)])
+    with pytest.raises(KafkaDecodeError, match="offset 41, tick 0: symbol is missing"):
+        decoder.decode([(b'{"ts": 1, "price": 1}', REF)])
+
+
+def test_a_payload_of_the_other_format_is_dead_lettered_when_one_is_expected() -> None:
+    (letter,) = TickDecoder(payload="arrow").decode([(b'{"ts": 1}', REF)])
+    assert isinstance(letter, DeadLetter) and "not a readable Arrow IPC stream" in letter.reason
+
+
+def test_json_ticks_of_one_poll_are_one_batch_and_order_is_kept_around_arrow() -> None:
+    def tick(i: int) -> bytes:
+        return orjson.dumps({"ts": i, "symbol": "A", "price": float(i)})
+
+    arrow = encode_arrow(pa.record_batch({"ts": [10], "symbol": ["A"], "price": [10.0]}))
+    messages = [tick(0), tick(1), arrow, tick(2), tick(3), tick(4)]
+    items = TickDecoder().decode((v, MessageRef("t", 0, o)) for o, v in enumerate(messages))
+    assert all(isinstance(i, TickBatch) for i in items)
+    got = [
+        (i.index, i.batch.column("price").to_pylist()) for i in items if isinstance(i, TickBatch)
+    ]
+    assert got == [(0, [0.0, 1.0]), (2, [10.0]), (3, [2.0, 3.0, 4.0])]
+
+
+# -- predictions and keys ------------------------------------------------------------------------
+
+
+@given(st.integers(1, 3), st.integers(1, 40), st.sampled_from(["arrow", "json"]))
+@settings(max_examples=40, deadline=None)
+def test_predictions_round_trip_as_arrow_and_json_lines(horizon: int, n: int, fmt: Any) -> None:
+    schema = prediction_schema(horizon)
+    rng = np.random.default_rng(n)
+    columns: list[pa.Array[Any]] = [
+        pa.array(np.sort(rng.integers(0, 2**62, n))).view(UTC_NS),
+        pa.array(rng.choice(["A", "B"], n).tolist(), pa.string()),
+    ]
+    columns += [pa.array(rng.normal(size=n)) for _ in range(horizon)]
+    batch = pa.RecordBatch.from_arrays(columns, schema=schema)
+    value = encode_predictions(batch, fmt)
+    if fmt == "json":
+        assert value.count(b"\n") == n
+    decoded = decode_predictions(value, fmt, REF)
+    assert [f.type for f in decoded.schema] == [f.type for f in schema]
+    assert decoded.to_pydict() == batch.to_pydict()
+
+
+def test_bad_prediction_lines_name_the_message() -> None:
+    with pytest.raises(KafkaDecodeError, match="offset 41: lines with the fields"):
+        decode_predictions(b'{"yhat": 1.0}\n', "json", REF)
+
+
+def test_keyed_split_keeps_each_symbols_order_and_passes_one_symbol_whole() -> None:
+    batch = pa.record_batch(
+        {
+            "symbol": pa.array(["B", "A", "B", "A"]).dictionary_encode(),
+            "price": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    parts = dict(split_by_key(batch))
+    assert parts[b"A"].column("price").to_pylist() == [2.0, 4.0]
+    assert parts[b"B"].column("price").to_pylist() == [1.0, 3.0]
+    one = batch.slice(1, 1)
+    ((key, whole),) = split_by_key(one)
+    assert key == b"A" and whole is one
+    assert split_by_key(batch.slice(0, 0)) == []
