@@ -53,6 +53,14 @@ TOTALS: Final[Mapping[str, tuple[str, str]]] = {
     "ticks": ("tickpool_ticks_total", "Ticks processed."),
     "predictions": ("tickpool_predictions_total", "Predictions emitted."),
     "dead_letters": ("tickpool_dead_letters_total", "Rows sent to dead letters."),
+    # A live source's counters (process-wide; present only in feed and Kafka runs).
+    "feed_received": ("tickpool_feed_received_total", "Feed records received (ticks + rejects)."),
+    "feed_rejected": ("tickpool_feed_rejected_total", "Feed messages sent to dead letters."),
+    "feed_dropped": ("tickpool_feed_dropped_total", "Feed frames dropped on a full queue."),
+    "feed_oversize": ("tickpool_feed_oversize_total", "Feed frames over the size limit."),
+    "feed_reconnects": ("tickpool_feed_reconnects_total", "Feed reconnections."),
+    "kafka_messages": ("tickpool_kafka_messages_total", "Kafka messages consumed."),
+    "kafka_undecodable": ("tickpool_kafka_undecodable_total", "Kafka messages not decodable."),
 }
 """Stats key -> (metric name, help) for monotonic totals (exposed as gauges)."""
 

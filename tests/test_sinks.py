@@ -399,3 +399,14 @@ def test_prometheus_exposes_stats_by_worker() -> None:
     assert metric(text, "tickpool_pool_hit_rate", 'worker="1"') == 0.5
     assert metric(text, "tickpool_pool_hit_rate", 'worker="0"') == 0.97
     assert metric(text, "tickpool_ticks_total", 'worker="0"') == 200_000
+
+
+def test_prometheus_exposes_a_live_sources_counters_when_records_carry_them() -> None:
+    sink = PrometheusStatsSink(0, registry=CollectorRegistry())
+    partition = sink.build("stats", 0, 1)
+    partition.write_batch([STATS])
+    assert "tickpool_feed_reconnects_total{" not in scrape(sink.port)  # replay: no feed gauges
+    partition.write_batch([{**STATS, "feed_received": 1000, "feed_reconnects": 2}])
+    text = scrape(sink.port)
+    assert metric(text, "tickpool_feed_received_total", 'worker="0"') == 1000
+    assert metric(text, "tickpool_feed_reconnects_total", 'worker="0"') == 2
