@@ -225,6 +225,9 @@ class _IpcFileReader(_Reader):
 
     @override
     def close(self) -> None:
+        # The reader holds views of the map (footer, schema): drop it first, or the file
+        # stays mapped until the garbage collector finds this object.
+        del self._reader
         self._map.close()
 
 
@@ -270,6 +273,9 @@ class _IpcStreamReader(_Reader):
 
     @override
     def close(self) -> None:
+        # The reader holds views of the map (footer, schema): drop it first, or the file
+        # stays mapped until the garbage collector finds this object.
+        del self._reader
         self._map.close()
 
 
