@@ -10,7 +10,9 @@ Prints markdown tables; asserts nothing.
    -> 8 us pooled for this z-score. Then the allocations one call of each variant makes.
 2. ``WindowPredictor`` over a 1,000,000-tick, 8-symbol mixed stream in 8,192-row batches, at
    W = 16, 64, 256, against a literal numpy baseline (``sliding_window_view`` per symbol, z-score
-   each window, ``@ w``) that computes the same predictions.
+   each window, ``@ w``) that computes the same predictions. Jobs the fused kernels
+   (``operators/fused.py``) serve run twice, fused and on the general path (``fused=False``:
+   the window matrix), so the table shows what fusing gains in the same run.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from benchmarks._report import machine_line, markdown_table, median_ns_per_call
 from tickpool.operators.engine import EngineConfig, WindowPredictor
 from tickpool.operators.items import TickBatch
-from tickpool.operators.models import LastValue, LinearModel, Model
+from tickpool.operators.models import LastValue, LinearModel, Model, WindowMean
 from tickpool.operators.normalize import (
     NormalizeMode,
     minmax_inplace,
@@ -420,18 +422,31 @@ def literal_numpy(
 class Job:
     window: int
     normalize: str  # an engine mode, or "literal numpy"
-    model: str
+    model: str  # LinearModel, WindowMean or LastValue (or the literal baseline's "z @ w")
     weights: FloatArray | None
+    fused: bool = True  # False: force the general path (window matrix)
+
+    @property
+    def path(self) -> str:
+        if self.normalize == "literal numpy":
+            return ""
+        probe = _predictor(self, BufferPool.for_tier("small"))
+        return "fused" if probe.fused else "general"
 
 
 def _predictor(job: Job, pool: BufferPool) -> WindowPredictor:
     mode: NormalizeMode = job.normalize  # type: ignore[assignment]
     model: Model
-    if job.weights is None:
+    if job.model == "LastValue":
         model = LastValue()
+    elif job.model == "WindowMean":
+        model = WindowMean()
     else:
+        assert job.weights is not None
         model = LinearModel(job.weights, 0.0, window=job.window, horizon=1, normalize=mode)
-    return WindowPredictor(EngineConfig(window=job.window, normalize=mode), model, pool)
+    return WindowPredictor(
+        EngineConfig(window=job.window, normalize=mode), model, pool, fused=job.fused
+    )
 
 
 def run_job(job: Job, batches: list[TickBatch], names: pa.Array) -> dict[str, Any]:
@@ -483,6 +498,13 @@ def throughput_rows(
         weights = rng.normal(0.0, 1.0, w) / w
         jobs += [
             Job(w, "window-zscore", "LinearModel", weights),
+            Job(w, "window-zscore", "LinearModel", weights, fused=False),
+            Job(w, "window-zscore", "WindowMean", None),
+            Job(w, "window-zscore", "WindowMean", None, fused=False),
+            Job(w, "window-zscore", "LastValue", None),
+            Job(w, "window-zscore", "LastValue", None, fused=False),
+            Job(w, "none", "LinearModel", weights),
+            Job(w, "none", "LinearModel", weights, fused=False),
             Job(w, "zscore", "LinearModel", weights),
             Job(w, "none", "LastValue", None),
             Job(w, "literal numpy", "z @ w", weights),
@@ -505,20 +527,29 @@ def throughput_rows(
         for j, res in zip(jobs, results, strict=True)
         if j.normalize == "literal numpy"
     }
+    general_s = {
+        (j.window, j.normalize, j.model): statistics.median(x["s"] for x in res)
+        for j, res in zip(jobs, results, strict=True)
+        if not j.fused
+    }
     same_job = ("window-zscore", "literal numpy")
     rows: list[list[object]] = []
     for job, res in zip(jobs, results, strict=True):
         s = statistics.median(x["s"] for x in res)
         preds = res[-1]["preds"]
         pool = res[-1]["pool"]
+        general = general_s.get((job.window, job.normalize, job.model))
+        same = job.normalize in same_job and job.model in ("LinearModel", "z @ w")
         rows.append(
             [
                 job.window,
                 job.normalize,
                 job.model,
+                job.path,
                 ticks / s / 1e6,
                 preds / s / 1e6,
-                literal_s[job.window] / s if job.normalize in same_job else "",
+                general / s if general is not None and job.fused else "",
+                literal_s[job.window] / s if same else "",
                 "" if pool is None else pool.hit_rate,
                 "" if pool is None else pool.leases,
                 "" if pool is None else pool.peak_bytes // 1024,
@@ -545,10 +576,15 @@ Columns.
   the level before the call (numpy data and Python objects); *left behind*: bytes still held after.
 - *M ticks/s*, *M predictions/s*: ticks (predictions) of the whole stream divided by the median
   wall time of the runs; each run starts a fresh WindowPredictor and BufferPool (cold symbols and
-  a cold pool included) and takes the jobs in a new random order. *x literal*: the literal numpy
-  baseline's median time at the same W divided by this job's (> 1: faster), shown only for
-  window-zscore, the job the baseline computes (the others do less work). *pool hit rate*,
-  *leases*, *pool peak KiB*: the run's BufferPool statistics (hits / leases over the whole run).
+  a cold pool included) and takes the jobs in a new random order. *path*: ``fused`` (the
+  kernels of operators/fused.py: rolling sums and one correlation, no window matrix) or
+  ``general`` (window matrix, per-window normalization, ``model.predict``; forced with
+  ``fused=False`` for the rows that would otherwise be fused). *x general*: the same job's
+  general-path time divided by the fused time (> 1: fusing is faster). *x literal*: the literal
+  numpy baseline's median time at the same W divided by this job's (> 1: faster), shown only for
+  window-zscore + LinearModel, the job the baseline computes (the others do less work).
+  *pool hit rate*, *leases*, *pool peak KiB*: the run's BufferPool statistics (hits / leases
+  over the whole run).
 - The literal baseline builds one prediction RecordBatch per input batch like the engine;
   *max rel. diff* compares its predictions with the engine's (window-zscore, same weights).
 """
@@ -611,8 +647,10 @@ def main(argv: list[str] | None = None) -> None:
                 "W",
                 "normalize",
                 "model",
+                "path",
                 "M ticks/s",
                 "M predictions/s",
+                "x general",
                 "x literal",
                 "pool hit rate",
                 "leases",

@@ -13,6 +13,9 @@ turns each :class:`~tickpool.operators.items.TickBatch` into one prediction
    cut the windows as a strided view (copied into a pooled matrix only for
    per-window normalization or a model that wants contiguous rows), predict into a
    pooled output, and map predictions back to the value's units;
+   For the built-in models under ``window-zscore`` (and ``linear`` under ``none``),
+   step 3 is instead one call of a fused kernel (:mod:`~tickpool.operators.fused`) over
+   every symbol of the batch at once: rolling sums and one correlation, no window matrix;
 4. wrap the pooled outputs zero-copy as Arrow columns: the buffers return to the
    pool when the last consumer drops the prediction batch.
 
@@ -39,6 +42,7 @@ from tickpool.operators.columns import (
     TickSchemaError,
     read_ticks,
 )
+from tickpool.operators.fused import FusedKernel, block_layout, fused_kernel
 from tickpool.operators.items import DeadLetter, TickBatch, prediction_schema
 from tickpool.operators.models import Ensemble, LinearModel, Model, check_compatible
 from tickpool.operators.normalize import (
@@ -132,6 +136,10 @@ class WindowPredictor:
             :class:`~tickpool.operators.models.Model`); checked against ``config``.
         pool: where every hot-path buffer is leased from.
         resume: a :meth:`snapshot` to continue from.
+        fused: use the fused kernels of :mod:`~tickpool.operators.fused` where the model and
+            mode allow (the built-in models under ``window-zscore`` or ``none``): rolling sums
+            and one correlation per horizon over the whole batch, no window matrix. False
+            forces the general path (for comparisons; same results to float rounding).
 
     Example:
 
@@ -153,6 +161,8 @@ class WindowPredictor:
         model: Model,
         pool: BufferSource,
         resume: dict[str, Any] | None = None,
+        *,
+        fused: bool = True,
     ) -> None:
         check_compatible(
             model, window=config.window, horizon=config.horizon, normalize=config.normalize
@@ -162,13 +172,17 @@ class WindowPredictor:
         self.pool = pool
         self.symbols = SymbolTable()
         self._states: list[_SymbolState] = []
-        self._names: pa.Array[Any] | None = None
+        self._name_bytes: list[bytes] = []  # UTF-8 of each symbol id, for the symbol column
         self._schema = prediction_schema(config.horizon)
         self._materialize = (
             is_windowed(config.normalize)
             or bool(model.needs_contiguous)
             or isinstance(model, LinearModel | Ensemble)  # BLAS wants rows of their own
         )
+        self._fused: FusedKernel | None = (
+            fused_kernel(model, window=config.window, normalize=config.normalize) if fused else None
+        )
+        self._ramp: npt.NDArray[np.intp] = np.arange(0, dtype=np.intp)  # 0, S, 2S, ...
         self.rows = 0
         self.processed = 0
         self.dead_rows = 0
@@ -238,25 +252,94 @@ class WindowPredictor:
             for k, rows, _ in plan:
                 self._advance(k, ticks.values, rows)
             return None
+        if self._fused is not None:
+            return self._predict_fused(self._fused, ticks, plan, total)
 
         h = cfg.horizon
         out_lease = self.pool.acquire(h * total)
         ts_lease = self.pool.acquire(total)
         out = out_lease.reshape(h, total)
         ts_out = ts_lease.view(np.int64)
-        sym_ids = np.empty(total, dtype=np.int32)
+        runs: list[tuple[int, int]] = []
         offset = 0
         for k, rows, g in plan:
             if g.count:
                 end = offset + g.count
                 self._windows_predict(k, ticks.values, rows, g, out[:, offset:end].T)
-                np.take(ticks.ts, rows[g.end_rows(cfg.stride)], out=ts_out[offset:end])
-                sym_ids[offset:end] = k
+                np.take(ticks.ts, _end_rows(rows, g, cfg.stride), out=ts_out[offset:end])
+                runs.append((k, g.count))
                 offset = end
             else:
                 self._advance(k, ticks.values, rows)
         del out
-        return self._prediction_batch(out_lease, ts_out, sym_ids, total)
+        return self._prediction_batch(out_lease, ts_out, runs, total)
+
+    @property
+    def fused(self) -> bool:
+        """True if batches take the fused kernel path (see :mod:`~tickpool.operators.fused`)."""
+        return self._fused is not None
+
+    def _predict_fused(
+        self,
+        fk: FusedKernel,
+        ticks: Ticks,
+        plan: list[tuple[int, npt.NDArray[np.intp], WindowGeometry]],
+        total: int,
+    ) -> pa.RecordBatch:
+        """Every symbol's windows of this batch at once: one block-aligned series buffer
+        (each symbol's tail + new values from a multiple of the block size, gaps padded with
+        the symbol's last value), one fused kernel call, then the tails move forward."""
+        cfg, pool = self.config, self.pool
+        w, stride, h, b = cfg.window, cfg.stride, cfg.horizon, fk.block
+        live = []
+        for k, rows, g in plan:
+            if g.count:
+                live.append((k, rows, g))
+            else:
+                self._advance(k, ticks.values, rows)
+        lengths = np.fromiter(
+            (g.tail_len + rows.shape[0] for _, rows, g in live), np.intp, len(live)
+        )
+        bases, nb = block_layout(lengths, b)
+        n_series = (nb + 1) * b
+        most = max(g.count for _, _, g in live)
+        if self._ramp.shape[0] < most:
+            self._ramp = np.arange(0, 2 * most * stride, stride, dtype=np.intp)
+        out_lease = pool.acquire(h * total)
+        ts_lease = pool.acquire(total)
+        ts_out = ts_lease.view(np.int64)
+        work = pool.acquire(n_series + total)
+        scratch = pool.acquire(fk.scratch_size(nb, total))
+        try:
+            series = work[:n_series]
+            starts = work[n_series:].view(np.intp)
+            offset = filled = 0
+            for (k, rows, g), base in zip(live, bases.tolist(), strict=True):
+                t, n = g.tail_len, rows.shape[0]
+                if base > filled:
+                    series[filled:base] = series[filled - 1]
+                series[base : base + t] = self._states[k].tail[:t]
+                np.take(ticks.values, rows, out=series[base + t : base + t + n])
+                filled = base + t + n
+                end = offset + g.count
+                np.add(
+                    self._ramp[: g.count], base + g.first_end_pos - (w - 1), out=starts[offset:end]
+                )
+                np.take(ticks.ts, _end_rows(rows, g, stride), out=ts_out[offset:end])
+                offset = end
+            series[filled:] = series[filled - 1]
+            fk.predict(series, starts, nb, out_lease.reshape(h, total), scratch)
+            for (k, rows, g), base in zip(live, bases.tolist(), strict=True):
+                st = self._states[k]
+                n = g.tail_len + rows.shape[0]
+                keep = min(w - 1, n)
+                st.tail[:keep] = series[base + n - keep : base + n]
+                st.tail_len = keep
+                st.seen += rows.shape[0]
+        finally:
+            pool.release(scratch)
+            pool.release(work)
+        return self._prediction_batch(out_lease, ts_out, [(k, g.count) for k, _, g in live], total)
 
     def _windows_predict(
         self,
@@ -357,17 +440,34 @@ class WindowPredictor:
         self,
         out_lease: FloatArray,
         ts_out: npt.NDArray[np.int64],
-        sym_ids: npt.NDArray[np.int32],
+        runs: list[tuple[int, int]],
         total: int,
     ) -> pa.RecordBatch:
-        if self._names is None or len(self._names) != len(self.symbols):
-            self._names = pa.array(self.symbols.to_list(), pa.string())
+        """Wrap the pooled outputs as Arrow columns (no copy) beside a symbol column built from
+        ``runs`` (symbol id, number of rows) in output order.
+
+        Built with ``from_buffers`` rather than ``pa.array``/``take``: ``pa.array`` imports
+        pandas on first use (0.3 s and tens of MB for a process that never needs it), and a
+        string ``take`` per row costs more than writing the runs' offsets and bytes directly.
+        """
+        names = self._name_bytes
+        if len(names) < len(self.symbols):
+            names.extend(s.encode() for s in self.symbols.to_list()[len(names) :])
         h = self.config.horizon
-        # py_buffer keeps ts_out (a view of a pooled lease) alive: zero-copy hand-off.
+        # py_buffer keeps each view of a pooled lease alive: zero-copy hand-off.
         ts_buf = pa.py_buffer(ts_out)  # type: ignore[arg-type]  # ndarray has the buffer protocol
-        ts_col = pa.Array.from_buffers(_TS_TYPE, total, [None, ts_buf])
-        columns: list[pa.Array[Any]] = [ts_col, self._names.take(sym_ids)]
-        columns.extend(pa.array(out_lease[i * total : (i + 1) * total]) for i in range(h))
+        columns: list[pa.Array[Any]] = [
+            pa.Array.from_buffers(_TS_TYPE, total, [None, ts_buf]),
+            _symbol_column(names, runs, total),
+        ]
+        columns.extend(
+            pa.Array.from_buffers(
+                pa.float64(),
+                total,
+                [None, pa.py_buffer(out_lease[i * total : (i + 1) * total])],  # type: ignore[arg-type]
+            )
+            for i in range(h)
+        )
         return pa.RecordBatch.from_arrays(columns, schema=self._schema)
 
     # -- state -----------------------------------------------------------------
@@ -438,13 +538,49 @@ class WindowPredictor:
         ]
 
 
+def _symbol_column(names: list[bytes], runs: list[tuple[int, int]], total: int) -> pa.Array[Any]:
+    """A utf8 column of ``total`` rows: ``names[k]`` repeated ``count`` times per run.
+
+    One ``arange`` of offsets and one ``bytes`` repeat per run: no per-row work in Python.
+    """
+    offsets = np.empty(total + 1, dtype=np.int32)
+    offsets[0] = 0
+    row = start = 0
+    for k, count in runs:
+        size = len(names[k])
+        rows = offsets[row + 1 : row + count + 1]
+        if size:
+            rows[:] = np.arange(start + size, start + size * count + 1, size, dtype=np.int32)
+        else:  # the empty symbol
+            rows[:] = start
+        row += count
+        start += size * count
+    data = b"".join(names[k] * c for k, c in runs)
+    return pa.Array.from_buffers(
+        pa.string(),
+        total,
+        [None, pa.py_buffer(offsets), pa.py_buffer(data)],  # type: ignore[arg-type]
+    )
+
+
+def _end_rows(rows: npt.NDArray[np.intp], g: WindowGeometry, stride: int) -> npt.NDArray[np.intp]:
+    """The batch rows of the ticks that end this batch's windows: a view of ``rows``."""
+    first = g.first_end_pos - g.tail_len
+    return rows[first : first + (g.count - 1) * stride + 1 : stride]
+
+
 def _dead_letters(item: TickBatch, ticks: Ticks, columns: ColumnSpec) -> list[DeadLetter]:
     """One dead letter per bad row, pointing back at the source position."""
     if ticks.bad_rows.shape[0] == 0:
         return []
     batch = item.batch
     rows = ticks.bad_rows.tolist()
-    taken = batch.select([columns.ts, columns.symbol, columns.value]).take(pa.array(rows))
+    index = pa.Array.from_buffers(
+        pa.int64(),
+        len(rows),
+        [None, pa.py_buffer(ticks.bad_rows.astype(np.int64))],  # type: ignore[arg-type]
+    )
+    taken = batch.select([columns.ts, columns.symbol, columns.value]).take(index)
     ts = taken.column(0).cast(pa.int64()).to_pylist()
     symbols = taken.column(1).cast(pa.string()).to_pylist()
     values = taken.column(2).to_pylist()

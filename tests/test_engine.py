@@ -242,3 +242,34 @@ def test_resume_with_other_settings_is_a_clear_error() -> None:
     wp = WindowPredictor(EngineConfig(window=5), WindowMean(), BufferPool())
     with pytest.raises(ValueError, match=r"window 5.*this run uses window 6"):
         WindowPredictor(EngineConfig(window=6), WindowMean(), BufferPool(), resume=wp.snapshot())
+
+
+def test_prediction_symbol_column_keeps_unicode_and_empty_names() -> None:
+    names = ["", "éé", "BTC/USDT"]
+    codes = np.array([0, 1, 2, 1, 0, 2, 2, 1, 0], dtype=np.int32)
+    batch = pa.record_batch(
+        {
+            "ts": pa.array(np.arange(9, dtype=np.int64), pa.timestamp("ns", tz="UTC")),
+            "symbol": pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names)),
+            "price": np.arange(9.0),
+        }
+    )
+    wp = WindowPredictor(EngineConfig(window=2, normalize="none"), LastValue(), BufferPool())
+    r = wp.process(TickBatch(batch, "names", 0))
+    assert r.predictions is not None
+    r.predictions.validate(full=True)
+    got = list(
+        zip(
+            r.predictions.column("symbol").to_pylist(),
+            r.predictions.column("yhat").to_pylist(),
+            strict=True,
+        )
+    )
+    assert got == [
+        ("", 4.0),
+        ("", 8.0),
+        ("éé", 3.0),
+        ("éé", 7.0),
+        ("BTC/USDT", 5.0),
+        ("BTC/USDT", 6.0),
+    ]

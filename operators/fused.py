@@ -1,0 +1,349 @@
+"""Fused window kernels: window z-score (or none) + linear / mean / last, no (m, W) window matrix.
+
+For the built-in models the whole "normalize each window, predict, map back" chain collapses to
+rolling sums and one correlation. With a window's mean ``m`` and population std ``s``, weights
+``w`` (one column of the (W, H) weights) and intercept ``b``::
+
+    yhat = ((x - m) / s . w + b) * s + m = x . w + m * (1 - sum(w)) + b * s      (s > 0)
+    yhat = m                                                                        (s == 0)
+
+``s == 0`` is the constant rule of `tickpool.operators.normalize` (``s <= CONST_RTOL * |m|``, and
+exactly 0 for a window whose values are all equal), so the results are the general path's.
+
+How the sums stay exact on raw prices (BTCUSDT near 9,700 with a 64-tick std of 0.0017 loses all
+its digits in running sums of raw prices):
+
+- The caller lays each symbol's ``tail + new`` values out in one series buffer, every symbol
+  starting on a multiple of the block size ``B`` (>= W); the gap is padded with the symbol's last
+  value. Windows are numbered by their *start* position ``p``; block ``j`` holds the windows
+  that start in ``[j*B, (j+1)*B)``, which read the ``B + W - 1`` values from ``j*B`` on, all of
+  one symbol for every window that is used.
+- Every block is shifted by its own first value ``c_j``: ``D = x - c_j`` (one (nb, B+W) matrix,
+  a leading 0 column for the prefix sums). Values then differ from their reference by the
+  price's movement over ``B + W`` ticks, not by the price.
+- ``sum(D)`` and ``sum(D^2)`` of a window are differences of per-block prefix sums (``cumsum``
+  along rows of ``B + W`` values), so no sum runs longer than one block: the variance's
+  cancellation is ``eps * (B + W) * (range of D)^2`` against ``W * s^2``.
+- A window is constant iff none of its ``W - 1`` consecutive pairs differ: counted exactly (the
+  prefix sum of ``x[i] != x[i-1]``, small integers in float64), so a flat run gives ``s = 0`` and
+  ``yhat = m`` exactly as the reference, whatever rounding the sums carry.
+- The linear term is taken on ``D`` as well: ``x . w = D . w + c_j * sum(w)``, and the formula
+  above becomes ``yhat = c_j + mu + (D . w - mu * sum(w)) + b * s`` with ``mu = mean(D)``: every
+  term but ``c_j`` is of the size of the price's local movement, so nothing cancels.
+
+``D . w`` for every window at once is a correlation, computed per block: for ``W < 128`` as one
+GEMM with a (B + W - 1, B) Toeplitz matrix of the weights (``A = D @ T``, ``T[u, r] = w[u - r]``),
+for larger W by FFT along the rows (``irfft(rfft(D) * conj(rfft(w)))``). Measured for one batch
+of about 10k ticks, one thread (docs/optimizations.md), at W = 16 / 64 / 256: Toeplitz GEMM 18 /
+55 / 265 us, row FFT 138 / 88 / 107 us, ``np.correlate`` 56 / 110 / 339 us,
+``sliding_window_view(x, W) @ w`` 75 / 324 / 1940 us. The GEMM runs in row chunks small enough
+that OpenBLAS keeps it on one thread: on a busy 2-core machine a threaded GEMM of this size was
+measured 10-500x slower (its threads spin-wait for a core).
+
+Which models take this path (`fused_kernel`): exactly the classes `LinearModel`, `WindowMean` and
+`LastValue` (``type(model) is ...``, not ``isinstance``: a subclass may override ``predict``), with
+normalize ``window-zscore`` (all three) or ``none`` (`LinearModel` only: the mean and last value of
+a strided view are already cheap). The math above is a property of these models' ``predict``,
+not something the `Model` protocol can promise, so a capability flag a user model could set would
+be a flag it could set wrongly; user models, `Ensemble` and the other modes keep the general path.
+
+Deviation, documented: `LastValue` under ``window-zscore`` predicts the window's last value even
+for a window with ``0 < std <= CONST_RTOL * |m|`` (the general path gives ``m`` there); the two
+differ by less than the window's range, itself under ``sqrt(W) * CONST_RTOL * |m|``.
+
+Everything here is numpy on buffers the caller leases (the predictions are gathered from an
+(nb, B) grid of every start position at the very end); nothing of the batch's size is allocated
+but the FFT's internal work arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from tickpool.operators.models import LastValue, LinearModel, Model, WindowMean
+from tickpool.operators.normalize import CONST_RTOL
+
+__all__ = ["FFT_MIN_WINDOW", "FusedKernel", "block_layout", "fused_kernel"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
+Kind = Literal["linear", "mean", "last"]
+
+FFT_MIN_WINDOW: Final = 128
+"""From this window on, ``D . w`` is computed by FFT instead of a Toeplitz GEMM."""
+
+_FUSED_MODES: Final = ("window-zscore", "none")
+_BLAS_SERIAL_MNK: Final = 65536 * 4
+"""OpenBLAS runs a GEMM on one thread while m * n * k <= this (SMP_THRESHOLD_MIN * 4)."""
+_GRIDS: Final = 5  # (nb, B) scratch grids: mean, std, keep flags, window mean m, result
+
+
+def _block_size(window: int, fft: bool) -> int:
+    """Windows per block (>= W: a window must fit in its block's span).
+
+    GEMM: 2W, at least 64 (the Toeplitz product costs 2 (B + W - 1) flops per window, the prefix
+    sums (B + W) / B elements per window). FFT: 4W rounded up to a power of two, less W - 1, so a
+    block's span fills the FFT length exactly. Tuned at W = 16..256 (docs/optimizations.md).
+    """
+    if fft:
+        return _fft_size(4 * window) - window + 1
+    return max(2 * window, 64)
+
+
+def _fft_size(n: int) -> int:
+    """The smallest power of two >= n (pocketfft is fastest there)."""
+    return 1 << (n - 1).bit_length()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FusedKernel:
+    """Precomputed weights for one (model, window, normalize): see the module docstring.
+
+    Build with `fused_kernel`. ``predict`` writes a batch's predictions; ``scratch_size`` says how
+    many float64 elements of scratch it needs.
+    """
+
+    kind: Kind
+    window: int
+    horizon: int
+    normalize: str
+    block: int
+    fft: bool
+    wsum: FloatArray  # (H,) sum of each weight column
+    intercept: FloatArray  # (H,)
+    toeplitz: FloatArray | None  # (H, B + W - 1, B), GEMM method
+    spectrum: npt.NDArray[np.complex128] | None  # (H, nfft // 2 + 1), conj(rfft(w)), FFT method
+
+    @property
+    def nfft(self) -> int:
+        """FFT length along a block's row (FFT method)."""
+        return _fft_size(self.block + self.window - 1)
+
+    @property
+    def row(self) -> int:
+        """Stride of the correlation's (nb, row) output."""
+        return self.nfft if self.fft else self.block
+
+    def scratch_size(self, n_blocks: int, total: int) -> int:
+        """Float64 elements ``predict`` needs for ``n_blocks`` blocks and ``total`` windows."""
+        nb, b, w = n_blocks, self.block, self.window
+        if self.kind == "last":
+            return total
+        # D with its 0 column and the prefix sums (nb, B + W); per-window grids (nb, B).
+        size = 2 * nb * (b + w) + _GRIDS * nb * b
+        if self.kind == "linear":
+            size += nb * self.row  # the correlation's output
+            if self.fft:
+                size += 2 * 2 * nb * (self.nfft // 2 + 1)  # two complex (nb, nfft/2+1) spectra
+        return size
+
+    def predict(
+        self,
+        series: FloatArray,
+        starts: IntArray,
+        n_blocks: int,
+        out: FloatArray,
+        scratch: FloatArray,
+    ) -> None:
+        """Predictions of the windows starting at ``starts`` of ``series`` into ``out`` (H, total).
+
+        ``series`` holds at least ``(n_blocks + 1) * block`` finite values laid out as
+        `block_layout` says (each symbol from a multiple of ``block``, gaps and the end padded
+        with finite values); each window of ``starts`` lies inside one symbol's values and
+        starts before ``n_blocks * block``. ``scratch`` needs ``scratch_size(n_blocks, total)``
+        elements. Writes only ``out`` and ``scratch``.
+
+        Every quantity is computed for every start position of the (nb, B) block grid (most of
+        which are wanted windows: the grid is the series plus padding), and each horizon's
+        result is gathered at ``starts`` once, at the end.
+        """
+        nb, b, w = n_blocks, self.block, self.window
+        total = starts.shape[0]
+        if series.shape[0] < (nb + 1) * b or out.shape != (self.horizon, total):
+            raise ValueError(
+                f"series of {series.shape[0]} values and out {out.shape}: expected at least "
+                f"{(nb + 1) * b} values and out ({self.horizon}, {total})"
+            )
+        if scratch.shape[0] < self.scratch_size(nb, total):
+            raise ValueError(
+                f"scratch has {scratch.shape[0]} elements; expected {self.scratch_size(nb, total)}"
+            )
+        if total == 0:
+            return
+        if self.kind == "last":
+            # The last value of each window, for every horizon.
+            ends = scratch[:total].view(np.intp)
+            np.add(starts, w - 1, out=ends)
+            np.take(series, ends, out=out[0])
+            np.copyto(out[1:], out[:1])
+            return
+        width, cells = b + w, nb * b
+        dz = scratch[: nb * width].reshape(nb, width)
+        q = scratch[nb * width : 2 * nb * width].reshape(nb, width)
+        pos = 2 * nb * width
+        mu, s, keep, y, tmp = (
+            scratch[pos + i * cells : pos + (i + 1) * cells].reshape(nb, b) for i in range(_GRIDS)
+        )
+        pos += _GRIDS * cells
+
+        # Block references c_j = series[j * B]; D = series - c_j over each block's B + W - 1
+        # values, after a 0 column (so a window's sum is a difference of two prefix sums).
+        ref = series[:cells:b]
+        spans = np.lib.stride_tricks.sliding_window_view(series[: cells + w - 1], width - 1)[::b]
+        dz[:, 0] = 0.0
+        np.subtract(spans, ref[:, None], out=dz[:, 1:])
+
+        corr = spec = prod = None
+        if self.kind == "linear":
+            corr = scratch[pos : pos + nb * self.row].reshape(nb, self.row)
+            pos += nb * self.row
+            if self.fft:
+                half = self.nfft // 2 + 1
+                spec = scratch[pos : pos + 2 * nb * half].view(np.complex128).reshape(nb, half)
+                pos += 2 * nb * half
+                prod = scratch[pos : pos + 2 * nb * half].view(np.complex128).reshape(nb, half)
+                np.fft.rfft(dz[:, 1:], n=self.nfft, axis=1, out=spec)
+
+        def correlation(h: int) -> FloatArray:
+            """D . w[:, h] of every start of the grid: an (nb, B) view of ``corr``."""
+            assert corr is not None
+            if self.fft:
+                assert self.spectrum is not None and spec is not None and prod is not None
+                np.multiply(spec, self.spectrum[h], out=prod)
+                np.fft.irfft(prod, n=self.nfft, axis=1, out=corr)
+            else:
+                assert self.toeplitz is not None
+                t, d = self.toeplitz[h], dz[:, 1:]
+                # Row chunks keep each GEMM under OpenBLAS's threading threshold (see above).
+                step = max(1, _BLAS_SERIAL_MNK // (t.shape[0] * t.shape[1]))
+                for i in range(0, nb, step):
+                    np.matmul(d[i : i + step], t, out=corr[i : i + step])
+            return corr[:, :b]
+
+        def gather(grid: FloatArray, h: int) -> None:
+            np.take(grid.reshape(-1), starts, out=out[h])
+
+        if self.normalize == "none":  # linear: yhat = D . w + (c * sum(w) + b)
+            for h in range(self.horizon):
+                np.multiply(ref, self.wsum[h], out=keep[:, 0])
+                np.add(keep[:, 0], self.intercept[h], out=keep[:, 0])
+                np.add(correlation(h), keep[:, :1], out=y)
+                gather(y, h)
+            return
+
+        # mu = mean(D) of each window: prefix-sum differences within its block's row.
+        np.cumsum(dz, axis=1, out=q)
+        np.subtract(q[:, w:width], q[:, :b], out=mu)
+        np.divide(mu, w, out=mu)
+        if self.kind == "mean":
+            np.add(mu, ref[:, None], out=y)
+            gather(y, 0)
+            np.copyto(out[1:], out[:1])
+            return
+
+        # s: population std from mean(D^2) - mu^2 (D is small: little cancellation).
+        np.multiply(dz, dz, out=q)
+        np.cumsum(q, axis=1, out=q)
+        np.subtract(q[:, w:width], q[:, :b], out=s)
+        np.divide(s, w, out=s)
+        np.multiply(mu, mu, out=y)
+        np.subtract(s, y, out=s)
+        np.maximum(s, 0.0, out=s)
+        np.sqrt(s, out=s)
+        # Constant windows (no two neighbours differ) get s = 0 exactly: prefix counts of
+        # x[i] != x[i-1] along the series (small integers, exact in float64).
+        changes = q.reshape(-1)[: cells + w - 1]
+        changes[0] = 0.0
+        np.not_equal(series[1 : cells + w - 1], series[: cells + w - 2], out=changes[1:])
+        np.cumsum(changes, out=changes)
+        np.subtract(
+            changes[w - 1 : cells + w - 1].reshape(nb, b), changes[:cells].reshape(nb, b), out=keep
+        )
+        np.greater(keep, 0.5, out=keep)
+        np.multiply(s, keep, out=s)
+        # m = c + mu (into y for now); the constant rule: keep = 1.0 where s > CONST_RTOL * |m|.
+        m = y
+        np.add(mu, ref[:, None], out=m)
+        np.abs(m, out=keep)
+        np.multiply(keep, CONST_RTOL, out=keep)
+        np.greater(s, keep, out=keep)
+        np.multiply(s, keep, out=s)
+        # yhat = m + keep * (D . w - mu * sum(w)) + b * s
+        for h in range(self.horizon):
+            a = correlation(h)
+            np.multiply(mu, self.wsum[h], out=tmp)
+            np.subtract(a, tmp, out=tmp)
+            np.multiply(tmp, keep, out=tmp)
+            np.add(tmp, m, out=tmp)
+            np.multiply(s, self.intercept[h], out=a)
+            np.add(tmp, a, out=tmp)
+            gather(tmp, h)
+
+
+def block_layout(lengths: IntArray, block: int) -> tuple[IntArray, int]:
+    """Each segment's start in a block-aligned series buffer, and the number of blocks used.
+
+    >>> bases, nb = block_layout(np.array([5, 64, 1]), 32)
+    >>> bases.tolist(), nb
+    ([0, 32, 96], 4)
+    """
+    blocks = -(-lengths // block)
+    ends = np.cumsum(blocks)
+    return (ends - blocks) * block, int(ends[-1]) if ends.shape[0] else 0
+
+
+def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | None:
+    """The fused kernel for ``model`` under ``normalize``, or None where the general path is needed.
+
+    >>> fused_kernel(WindowMean(), window=8, normalize="window-zscore").kind
+    'mean'
+    >>> fused_kernel(WindowMean(), window=8, normalize="robust") is None
+    True
+    """
+    if normalize not in _FUSED_MODES:
+        return None
+    kind: Kind
+    cls = type(model)
+    if cls is LinearModel:
+        kind = "linear"
+    elif cls is WindowMean:
+        kind = "mean"
+    elif cls is LastValue:
+        kind = "last"
+    else:
+        return None
+    if kind != "linear" and normalize == "none":
+        return None  # the strided view is already the cheap path for these
+    h = model.horizon
+    fft = kind == "linear" and window >= FFT_MIN_WINDOW
+    b = _block_size(window, fft)
+    wsum = np.zeros(h)
+    intercept = np.zeros(h)
+    toeplitz = spectrum = None
+    if isinstance(model, LinearModel):
+        weights = model.weights  # (W, H)
+        wsum = weights.sum(axis=0)
+        intercept = model.intercept.copy()
+        if fft:
+            nfft = _fft_size(b + window - 1)
+            spectrum = np.conj(np.fft.rfft(weights.T, n=nfft, axis=1))
+        else:
+            toeplitz = np.zeros((h, b + window - 1, b))
+            for r in range(b):
+                toeplitz[:, r : r + window, r] = weights.T
+    return FusedKernel(
+        kind=kind,
+        window=window,
+        horizon=h,
+        normalize=normalize,
+        block=b,
+        fft=fft,
+        wsum=wsum,
+        intercept=intercept,
+        toeplitz=toeplitz,
+        spectrum=spectrum,
+    )

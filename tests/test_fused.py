@@ -1,0 +1,204 @@
+"""The fused kernels give the plain reference's predictions without a window matrix."""
+
+from __future__ import annotations
+
+import gc
+import pickle
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.common import REAL_DATA, price_walks
+from tests.reference import engine_by_symbol
+from tests.test_engine import assert_matches_reference, make_model, run_engine
+from tickpool.operators.engine import EngineConfig, WindowPredictor
+from tickpool.operators.fused import FFT_MIN_WINDOW, FusedKernel, block_layout, fused_kernel
+from tickpool.operators.items import TickBatch
+from tickpool.operators.models import Ensemble, LastValue, LinearModel, WindowMean
+from tickpool.pipeline.pool import BufferPool
+
+FUSED_CASES = [
+    ("window-zscore", "linear"),
+    ("window-zscore", "mean"),
+    ("window-zscore", "last"),
+    ("none", "linear"),
+]
+BTCUSDT = REAL_DATA / "tardis_binance_futures_btcusdt_trades_20200222.arrow"
+
+
+@st.composite
+def walk_tables(draw: st.DrawFn) -> pa.Table:
+    """1-3 symbols, each a tick-like walk with exact flat runs, interleaved at random."""
+    walks = [draw(price_walks(min_size=1, max_size=160)) for _ in range(draw(st.integers(1, 3)))]
+    owner = np.concatenate([np.full(w.shape[0], k) for k, w in enumerate(walks)])
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rng.shuffle(owner)
+    price = np.empty(owner.shape[0])
+    for k, w in enumerate(walks):
+        price[owner == k] = w
+    n = price.shape[0]
+    return pa.table(
+        {
+            "ts": pa.array(np.arange(n, dtype=np.int64) * 1000, pa.timestamp("ns", tz="UTC")),
+            "symbol": pa.array([f"S{k}" for k in owner]).dictionary_encode(),
+            "price": price,
+        }
+    )
+
+
+def fused_run(
+    table: pa.Table, cuts: list[int], cfg: EngineConfig, spec: str, seed: int = 0
+) -> tuple[list[pa.RecordBatch], Any, BufferPool]:
+    model = make_model(spec, cfg.window, cfg.horizon, cfg.normalize, seed)
+    assert WindowPredictor(cfg, model, BufferPool()).fused
+    pool = BufferPool.for_tier("small")
+    return run_engine(table, cuts, cfg, model, pool), model, pool
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    table=walk_tables(),
+    window=st.one_of(st.integers(1, 40), st.integers(FFT_MIN_WINDOW - 2, FFT_MIN_WINDOW + 20)),
+    stride=st.integers(1, 3),
+    horizon=st.integers(1, 3),
+    case=st.sampled_from(FUSED_CASES),
+    data=st.data(),
+)
+def test_fused_predictions_match_plain_reference_whatever_the_batch_cuts(
+    table: pa.Table,
+    window: int,
+    stride: int,
+    horizon: int,
+    case: tuple[str, str],
+    data: st.DataObject,
+) -> None:
+    mode, spec = case
+    cuts = data.draw(st.lists(st.integers(0, table.num_rows), max_size=12))
+    if data.draw(st.booleans()):
+        cuts = list(range(table.num_rows))  # one tick per batch
+    cfg = EngineConfig(window=window, stride=stride, horizon=horizon, normalize=mode)  # type: ignore[arg-type]
+    batches, model, pool = fused_run(table, cuts, cfg, spec)
+    assert_matches_reference(table, batches, cfg, model)
+    del batches
+    gc.collect()
+    assert pool.stats().leased == 0
+
+
+@pytest.mark.parametrize("window", [64, 256])  # Toeplitz GEMM, FFT
+@pytest.mark.parametrize("mode", ["window-zscore", "none"])
+def test_real_btcusdt_fused_predictions_match_reference(window: int, mode: str) -> None:
+    # BTCUSDT near 9,700 with a 64-tick std down to 0.0017: raw-price running sums fail here.
+    table = pa.ipc.open_file(pa.memory_map(str(BTCUSDT))).read_all()
+    cfg = EngineConfig(window=window, horizon=2, normalize=mode)  # type: ignore[arg-type]
+    batches, model, _ = fused_run(table, [1, 2, 700, 4096, 4097, 9000], cfg, "linear", seed=7)
+    assert_matches_reference(table, batches, cfg, model)
+
+
+def test_linear_mean_last_take_the_fused_path_and_user_models_do_not() -> None:
+    pool = BufferPool()
+
+    def fused(model: Any, mode: str = "window-zscore") -> bool:
+        cfg = EngineConfig(window=8, horizon=1, normalize=mode)  # type: ignore[arg-type]
+        return WindowPredictor(cfg, model, pool).fused
+
+    linear = make_model("linear", 8, 1, "window-zscore")
+    assert fused(linear) and fused(WindowMean()) and fused(LastValue())
+    assert fused(make_model("linear", 8, 1, "none"), "none")
+    assert not fused(make_model("linear", 8, 1, "robust"), "robust")
+    assert not fused(make_model("linear", 8, 1, "zscore"), "zscore")
+
+    class UserModel:  # the protocol, not a built-in class
+        window, horizon, normalize, needs_contiguous = 8, 1, "window-zscore", False
+
+        def predict(self, windows: Any, out: Any) -> None:
+            np.mean(windows, axis=1, out=out[:, 0])
+
+    class Shifted(LinearModel):  # a subclass may change predict: general path
+        def predict(self, windows: Any, out: Any) -> None:
+            super().predict(windows, out)
+            out += 1.0
+
+    shifted = Shifted(np.ones(8) / 8, 0.0, window=8, horizon=1, normalize="window-zscore")
+    assert not fused(UserModel())
+    assert not fused(shifted)
+    assert not fused(Ensemble([LastValue(), WindowMean()], scratch=pool))
+    cfg = EngineConfig(window=8, normalize="window-zscore")
+    assert not WindowPredictor(cfg, linear, pool, fused=False).fused
+
+
+def test_fused_kernel_runs_on_every_batch_with_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    predict = FusedKernel.predict
+
+    def counting(self: FusedKernel, *args: Any) -> None:
+        calls.append(args[1].shape[0])
+        predict(self, *args)
+
+    monkeypatch.setattr(FusedKernel, "predict", counting)
+    n = 300
+    table = pa.table(
+        {
+            "ts": pa.array(np.arange(n, dtype=np.int64), pa.timestamp("ns", tz="UTC")),
+            "symbol": pa.array(["A", "B", "C"] * (n // 3)).dictionary_encode(),
+            "price": 100.0 + np.cumsum(np.random.default_rng(0).normal(0, 0.01, n)),
+        }
+    )
+    cfg = EngineConfig(window=16, normalize="window-zscore")
+    batches = run_engine(
+        table, [100, 200], cfg, make_model("linear", 16, 1, "window-zscore"), BufferPool()
+    )
+    assert calls == [b.num_rows for b in batches] and sum(calls) == n - 3 * 15
+
+
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_fused_and_general_snapshots_resume_each_other(case: tuple[str, str]) -> None:
+    mode, spec = case
+    rng = np.random.default_rng(5)
+    n = 2000
+    table = pa.table(
+        {
+            "ts": pa.array(np.arange(n, dtype=np.int64), pa.timestamp("ns", tz="UTC")),
+            "symbol": pa.array(rng.choice(["A", "B", "C"], n)).dictionary_encode(),
+            "price": 9700.0 + np.cumsum(rng.choice([0.0, 0.0, 0.5, -0.5], n)),
+        }
+    )
+    cfg = EngineConfig(window=24, stride=2, horizon=2, normalize=mode)  # type: ignore[arg-type]
+    model = make_model(spec, 24, 2, mode)
+    pool = BufferPool()
+    whole = run_engine(table, [], cfg, model, pool)
+    batches = table.to_batches(max_chunksize=333)
+    for first_fused in (True, False):
+        first = WindowPredictor(cfg, model, pool, fused=first_fused)
+        out = [first.process(TickBatch(b, "t", i)).predictions for i, b in enumerate(batches[:3])]
+        snap = pickle.loads(pickle.dumps(first.snapshot()))
+        second = WindowPredictor(cfg, model, pool, resume=snap, fused=not first_fused)
+        out += [second.process(TickBatch(b, "t", i)).predictions for i, b in enumerate(batches[3:])]
+        a, b = engine_by_symbol(whole), engine_by_symbol([p for p in out if p is not None])
+        assert a.keys() == b.keys()
+        for s in a:
+            np.testing.assert_array_equal(a[s][0], b[s][0])
+            np.testing.assert_allclose(a[s][1], b[s][1], rtol=1e-12)
+
+
+def test_block_layout_starts_every_symbol_on_a_block() -> None:
+    bases, nb = block_layout(np.array([5, 64, 1, 65], dtype=np.intp), 32)
+    assert bases.tolist() == [0, 32, 96, 128] and nb == 7
+    assert block_layout(np.array([], dtype=np.intp), 32)[1] == 0
+
+
+def test_fused_kernel_keeps_the_models_weights() -> None:
+    model = LinearModel(
+        np.arange(12.0).reshape(6, 2), [1.0, 2.0], window=6, horizon=2, normalize="none"
+    )
+    k = fused_kernel(model, window=6, normalize="none")
+    assert k is not None and k.kind == "linear" and not k.fft
+    np.testing.assert_array_equal(k.wsum, [30.0, 36.0])
+    np.testing.assert_array_equal(k.intercept, [1.0, 2.0])
+    assert k.toeplitz is not None
+    np.testing.assert_array_equal(k.toeplitz[0][:6, 0], np.arange(0.0, 12.0, 2.0))
+    np.testing.assert_array_equal(k.toeplitz[0][1:7, 1], np.arange(0.0, 12.0, 2.0))
+    assert fused_kernel(WindowMean(), window=6, normalize="none") is None
