@@ -1,0 +1,144 @@
+"""Memory that users rely on being bounded: peak of a replay, no leaks, no growth per batch.
+
+``limit_memory`` / ``limit_leaks`` are pytest-memray markers (enforced because pyproject's
+pytest options include ``--memray``). memray counts every allocation the test makes, native
+ones and memory maps included: the replay's input file is mapped, so its size is part of the
+budget below, while the pool's byte budget (256 MB by default) is far above what the job
+actually holds.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import subprocess
+import sys
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_memory import ALLOC_CHILD
+from tickpool.connectors.synthetic import generate_batches
+from tickpool.operators.engine import EngineConfig, WindowPredictor
+from tickpool.operators.items import TickBatch
+from tickpool.operators.models import LinearModel, resolve_model
+from tickpool.pipeline import flow
+from tickpool.pipeline.cli import main
+from tickpool.pipeline.pool import BufferPool
+
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def million(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A million ticks of 8 symbols in batches of 65,536 rows (27 MB on disk)."""
+    path = tmp_path_factory.mktemp("million") / "ticks.arrow"
+    assert main(["generate", str(path), "--ticks", "1000000", "--symbols", "8"]) == 0
+    return path
+
+
+def empty_process_pools() -> None:
+    """Give the process-wide pools' free buffers back to the allocator (as at exit)."""
+    for pool in flow._POOLS.values():
+        pool.clear()
+    gc.collect()
+
+
+@pytest.mark.limit_memory("40 MB")
+def test_a_million_tick_replay_stays_within_its_memory_budget(
+    million: Path, tmp_path: Path
+) -> None:
+    # 27 MB of it is the memory-mapped input; the rest is the job: pooled buffers for about
+    # one 65,536-row batch in flight, Arrow output batches, Bytewax's own state. Nothing may
+    # grow with the stream: a copy of the input or of all predictions would blow the budget.
+    stats, out = tmp_path / "stats.jsonl", tmp_path / "out"
+    code = main(["replay", str(million), "--out", str(out), "--stats", str(stats), "--quiet"])
+    assert code == 0
+    empty_process_pools()
+
+
+@pytest.mark.limit_leaks("64 KB")
+def test_a_long_stream_leaves_nothing_behind(million: Path, tmp_path: Path) -> None:
+    # 2,000 batches: a leak of even 32 bytes per batch at one place would exceed the limit.
+    args = ["replay", str(million), "--max-batch-rows", "500", "--window", "32", "--quiet"]
+    args += ["--out", str(tmp_path / "out"), "--dead-letters", str(tmp_path / "dead.jsonl")]
+    args += ["--stats", str(tmp_path / "stats.jsonl"), "--stats-interval", "0.05"]
+    assert main(args) == 0
+    empty_process_pools()
+
+
+def engine_batches(rows: int, count: int) -> Iterator[TickBatch]:
+    for i, batch in enumerate(generate_batches(rows * count, 8, seed=2, batch_rows=rows)):
+        yield TickBatch(batch, "generated", i)
+
+
+def traced_growth(predictor: WindowPredictor, batches: Iterator[TickBatch], n: int) -> int:
+    """Bytes still allocated (tracemalloc) after ``n`` more batches went through."""
+    gc.collect()
+    before = tracemalloc.get_traced_memory()[0]
+    for item in itertools.islice(batches, n):
+        result = predictor.process(item)
+        del result, item
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0] - before
+
+
+@pytest.mark.parametrize(
+    ("normalize", "model"),
+    [("window-zscore", "linear"), ("zscore", "last"), ("robust", "mean"), ("none", "linear")],
+)
+def test_live_python_memory_does_not_grow_with_the_number_of_batches(
+    normalize: str, model: str
+) -> None:
+    window = 32
+    if model == "linear":
+        m = LinearModel(
+            np.full(window, 1 / window),
+            0.0,
+            window=window,
+            horizon=1,
+            normalize=None if normalize == "none" else normalize,
+        )
+    else:
+        m = resolve_model(model, window=window, horizon=1, normalize=normalize)
+    predictor = WindowPredictor(
+        EngineConfig(window=window, normalize=normalize), m, BufferPool.for_tier("streaming")
+    )
+    batches = engine_batches(2048, 1300)
+    tracemalloc.start()
+    try:
+        traced_growth(predictor, batches, 100)  # warm-up: pool buffers, symbol tables, caches
+        first = traced_growth(predictor, batches, 200)
+        later = traced_growth(predictor, batches, 1000)
+    finally:
+        tracemalloc.stop()
+    # Five times the batches may not hold more memory: small caches (numpy's dimension cache,
+    # interned strings) settle within the first few hundred batches.
+    assert later < 32 * 1024, f"{later} bytes held after 1,000 batches ({first} after 200)"
+
+
+def allocations_per_batch(rows: int, batches: int) -> float:
+    """Allocations (malloc and Python objects, counted by memray) per steady-state batch.
+
+    Counted in a child process: memray allows one tracker per process, and pytest-memray's
+    is running here.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", ALLOC_CHILD, str(rows), str(batches), "64"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return float(out.stdout.split()[0])
+
+
+def test_allocations_per_batch_do_not_grow_with_batches_or_batch_size() -> None:
+    few, many = allocations_per_batch(1024, 30), allocations_per_batch(1024, 120)
+    assert abs(many - few) <= 0.02 * few, (few, many)
+    # 16 times the rows: the same steps, plus a few per-symbol blocks more in the fused kernel.
+    big = allocations_per_batch(16384, 30)
+    assert big <= 1.25 * few, (few, big)
