@@ -221,6 +221,8 @@ class _IpcFileReader(_Reader):
     @override
     def count_rows(self) -> int:
         reader = self._reader
+        if hasattr(reader, "count_rows"):  # pyarrow >= 16: from the batches' metadata alone
+            return int(reader.count_rows())
         return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
 
     @override

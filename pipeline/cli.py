@@ -321,7 +321,7 @@ def run_replay(config: Any, *, quiet: bool = False) -> dict[str, Any]:
     sources = expand_paths(list(config.sources))
     for path in sources:
         check_columns(file_schema(path), config.columns, f"file {path}")
-    total = count_rows(sources)
+    total = None if quiet else count_rows(sources)  # only the progress bar needs it
     observer = RunObserver()
     flow = build_flow(config, observer=observer)
     return run_job(flow, config, observer, total=total, quiet=quiet, label="replaying")
