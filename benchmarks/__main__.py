@@ -32,6 +32,7 @@ from benchmarks._report import machine_line
 MODULES = (
     "bench_pool",
     "bench_operators",
+    "bench_original",
     "bench_replay",
     "bench_e2e",
     "bench_feed",
