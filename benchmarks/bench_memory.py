@@ -34,6 +34,7 @@ from benchmarks._report import machine_line, markdown_table
 from benchmarks._runner import BLAS_THREAD_VARS, REPO, _status_kb, model_file, tick_file
 
 WINDOW = 64
+PLOT_NAME = "memory_over_time.png"  # python -m benchmarks --out DIR/x.md draws it to DIR/
 IMPORTS = "import tickpool.pipeline.cli, tickpool.pipeline.flow, bytewax.run, pyarrow, numpy"
 
 
@@ -45,19 +46,33 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def sampled(cmd: list[str]) -> dict[str, float]:
-    """Run ``cmd``; its wall time, peak RssAnon and peak RSS (MB), sampled every 5 ms."""
+def sampled(
+    cmd: list[str], series: list[tuple[float, float, float]] | None = None
+) -> dict[str, float]:
+    """Run ``cmd``; its wall time, peak RssAnon and peak RSS (MB), sampled every 5 ms.
+
+    ``series``, if given, receives (seconds since start, RssAnon MB, RssFile MB) samples.
+    """
     proc = subprocess.Popen(cmd, env=_child_env(), cwd=REPO, stdout=subprocess.DEVNULL)
     peak = {"RssAnon": 0, "RssFile": 0}
     done = threading.Event()
+    t0 = time.perf_counter()
 
     def sample() -> None:
         while not done.is_set():
-            for key, kb in _status_kb(proc.pid, ("RssAnon", "RssFile")).items():
+            now = _status_kb(proc.pid, ("RssAnon", "RssFile"))
+            for key, kb in now.items():
                 peak[key] = max(peak[key], kb)
+            if series is not None and now:
+                series.append(
+                    (
+                        time.perf_counter() - t0,
+                        now.get("RssAnon", 0) / 1024,
+                        now.get("RssFile", 0) / 1024,
+                    )
+                )
             time.sleep(0.005)
 
-    t0 = time.perf_counter()
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
@@ -84,7 +99,9 @@ def hit_rate_after_warmup(stats: Path) -> tuple[float, int]:
     return (hits / leases if leases else 1.0), leases
 
 
-def replay_rows(lengths: list[int]) -> tuple[list[list[object]], dict[str, Any]]:
+def replay_rows(
+    lengths: list[int],
+) -> tuple[list[list[object]], dict[str, Any], dict[int, list[tuple[float, float, float]]]]:
     model = model_file(WINDOW)
     baseline = sampled([sys.executable, "-c", IMPORTS])
     rows: list[list[object]] = [
@@ -99,6 +116,7 @@ def replay_rows(lengths: list[int]) -> tuple[list[list[object]], dict[str, Any]]
     ]
     extra: dict[str, Any] = {"baseline_anon_mb": baseline["anon_mb"]}
     anon = []
+    series: dict[int, list[tuple[float, float, float]]] = {}
     for ticks in lengths:
         data = tick_file(ticks)
         with tempfile.TemporaryDirectory(prefix="tickpool-bench-mem-") as tmp:
@@ -107,7 +125,7 @@ def replay_rows(lengths: list[int]) -> tuple[list[list[object]], dict[str, Any]]
             cmd += ["--window", str(WINDOW), "--model", str(model), "--quiet"]
             cmd += ["--out", str(Path(tmp) / "out"), "--stats", str(stats)]
             cmd += ["--stats-interval", "0.2"]
-            m = sampled(cmd)
+            m = sampled(cmd, series.setdefault(ticks, []))
             rate, leases = hit_rate_after_warmup(stats)
         anon.append(m["anon_mb"])
         rows.append(
@@ -121,7 +139,37 @@ def replay_rows(lengths: list[int]) -> tuple[list[list[object]], dict[str, Any]]
             ]
         )
     extra["flat_mb"] = max(anon) - min(anon)
-    return rows, extra
+    return rows, extra, series
+
+
+def plot(series: dict[int, list[tuple[float, float, float]]], path: Path) -> None:
+    """Anonymous and file-backed resident memory over each replay's run time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for ticks, samples in series.items():
+        t = [s[0] for s in samples]
+        line = ax.plot(t, [s[1] for s in samples], label=f"{ticks / 1e6:g} M ticks: anonymous")
+        ax.plot(
+            t,
+            [s[2] for s in samples],
+            linestyle="--",
+            color=line[0].get_color(),
+            label=f"{ticks / 1e6:g} M ticks: file-backed (mapped input)",
+        )
+    ax.axhline(100, color="grey", linewidth=0.8, linestyle=":", label="100 MB goal (anonymous)")
+    ax.set_xlabel("seconds since the process started")
+    ax.set_ylabel("resident MB")
+    ax.set_title(f"tickpool replay memory over time (W={WINDOW}, window z-score + linear)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 ALLOC_CHILD = """
@@ -180,12 +228,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 M and 5 M ticks instead of 10 M, 50 M")
     ap.add_argument("--ticks", type=int, nargs="+", help="stream lengths to replay")
+    ap.add_argument("--plot", type=Path, help="also draw memory over time to this PNG")
     args = ap.parse_args(argv)
     lengths = args.ticks or ([1_000_000, 5_000_000] if args.quick else [10_000_000, 50_000_000])
 
     print(f"# bench_memory ({machine_line()})\n")
     print(f"## Peak memory of a replay (W={WINDOW}, window z-score, linear, 8 symbols)\n")
-    rows, extra = replay_rows(lengths)
+    rows, extra, series = replay_rows(lengths)
     headers = [
         "run",
         "wall s (with start-up)",
@@ -200,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
         f"the longest stream; the interpreter with tickpool's imports alone holds "
         f"{extra['baseline_anon_mb']:.1f} MB.\n"
     )
+    if args.plot is not None:
+        plot(series, args.plot)
+        print(f"![memory over time]({args.plot.name})\n")
     print("## Allocations per batch in steady state (memray; malloc + Python objects)\n")
     sizes, counts = ([1024, 16384], [50]) if args.quick else ([1024, 4096, 16384], [50, 200])
     headers = [
