@@ -67,7 +67,7 @@ import numpy.typing as npt
 from tickpool.operators.models import LastValue, LinearModel, Model, WindowMean
 from tickpool.operators.normalize import CONST_RTOL
 
-__all__ = ["FFT_MIN_WINDOW", "FusedKernel", "block_layout", "fused_kernel"]
+__all__ = ["FFT_MIN_WINDOW", "FusedKernel", "StartRuns", "block_layout", "fused_kernel"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -80,6 +80,42 @@ _FUSED_MODES: Final = ("window-zscore", "none")
 _BLAS_SERIAL_MNK: Final = 65536 * 4
 """OpenBLAS runs a GEMM on one thread while m * n * k <= this (SMP_THRESHOLD_MIN * 4)."""
 _GRIDS: Final = 5  # (nb, B) scratch grids: mean, std, keep flags, window mean m, result
+
+
+@dataclass(frozen=True, slots=True)
+class StartRuns:
+    """Window starts as arithmetic runs: run ``i`` is ``firsts[i] + stride * arange(counts[i])``.
+
+    What the engine passes to `FusedKernel.predict` instead of an index array: one run per
+    symbol, so the predictions are copied out of the kernel's grid with one strided slice per
+    symbol (no index array to build, no gather by index).
+
+    >>> runs = StartRuns((0, 64), (3, 2), 1)
+    >>> runs.total, runs.indices().tolist()
+    (5, [0, 1, 2, 64, 65])
+    """
+
+    firsts: tuple[int, ...]
+    counts: tuple[int, ...]
+    stride: int
+
+    @property
+    def total(self) -> int:
+        """Number of windows."""
+        return sum(self.counts)
+
+    @property
+    def shape(self) -> tuple[int]:
+        """``(total,)``: the shape of the index array these runs stand for."""
+        return (self.total,)
+
+    def indices(self) -> IntArray:
+        """The same starts as one index array (for tests and callers that want one)."""
+        parts = [f + self.stride * np.arange(c, dtype=np.intp) for f, c in self._pairs()]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.intp)
+
+    def _pairs(self) -> zip[tuple[int, int]]:
+        return zip(self.firsts, self.counts, strict=True)
 
 
 def _block_size(window: int, fft: bool) -> int:
@@ -144,12 +180,15 @@ class FusedKernel:
     def predict(
         self,
         series: FloatArray,
-        starts: IntArray,
+        starts: IntArray | StartRuns,
         n_blocks: int,
         out: FloatArray,
         scratch: FloatArray,
     ) -> None:
         """Predictions of the windows starting at ``starts`` of ``series`` into ``out`` (H, total).
+
+        ``starts`` is an index array or a `StartRuns` (the same positions as arithmetic runs,
+        read out with one strided slice per run instead of a gather by index: same values).
 
         ``series`` holds at least ``(n_blocks + 1) * block`` finite values laid out as
         `block_layout` says (each symbol from a multiple of ``block``, gaps and the end padded
@@ -162,7 +201,9 @@ class FusedKernel:
         result is gathered at ``starts`` once, at the end.
         """
         nb, b, w = n_blocks, self.block, self.window
-        total = starts.shape[0]
+        runs = starts if isinstance(starts, StartRuns) else None
+        index = None if isinstance(starts, StartRuns) else starts
+        total = runs.total if runs is not None else starts.shape[0]
         if series.shape[0] < (nb + 1) * b or out.shape != (self.horizon, total):
             raise ValueError(
                 f"series of {series.shape[0]} values and out {out.shape}: expected at least "
@@ -172,12 +213,21 @@ class FusedKernel:
             raise ValueError(
                 f"scratch has {scratch.shape[0]} elements; expected {self.scratch_size(nb, total)}"
             )
+        if runs is not None and any(
+            f < 0 or f + (c - 1) * runs.stride >= nb * b for f, c in runs._pairs() if c
+        ):
+            raise ValueError(f"starts {runs}: every start must lie in [0, {nb * b})")
         if total == 0:
+            return
+        if runs is not None and self.kind == "last":
+            _copy_runs(series, runs, w - 1, out[0])
+            np.copyto(out[1:], out[:1])
             return
         if self.kind == "last":
             # The last value of each window, for every horizon.
+            assert index is not None
             ends = scratch[:total].view(np.intp)
-            np.add(starts, w - 1, out=ends)
+            np.add(index, w - 1, out=ends)
             np.take(series, ends, out=out[0])
             np.copyto(out[1:], out[:1])
             return
@@ -225,7 +275,11 @@ class FusedKernel:
             return corr[:, :b]
 
         def gather(grid: FloatArray, h: int) -> None:
-            np.take(grid.reshape(-1), starts, out=out[h])
+            if runs is not None:
+                _copy_runs(grid.reshape(-1), runs, 0, out[h])
+            else:
+                assert index is not None
+                np.take(grid.reshape(-1), index, out=out[h])
 
         if self.normalize == "none":  # linear: yhat = D . w + (c * sum(w) + b)
             for h in range(self.horizon):
@@ -282,6 +336,15 @@ class FusedKernel:
             np.multiply(s, self.intercept[h], out=a)
             np.add(tmp, a, out=tmp)
             gather(tmp, h)
+
+
+def _copy_runs(flat: FloatArray, runs: StartRuns, shift: int, out: FloatArray) -> None:
+    """``out[:] = flat[starts + shift]`` for the starts of ``runs``: one strided slice per run."""
+    stride, offset = runs.stride, 0
+    for first, count in runs._pairs():
+        begin = first + shift
+        out[offset : offset + count] = flat[begin : begin + (count - 1) * stride + 1 : stride]
+        offset += count
 
 
 def block_layout(lengths: IntArray, block: int) -> tuple[IntArray, int]:

@@ -205,3 +205,9 @@ def test_shards_do_not_depend_on_the_process_hash_seed() -> None:
         for seed in ("1", "2")
     }
     assert len(outputs) == 1
+
+
+def test_a_batch_of_one_symbol_keeps_its_row_order() -> None:
+    groups = group_by_symbol(np.full(1000, 3, dtype=np.int32), 8)
+    assert groups.order.tolist() == list(range(1000))
+    assert groups.present.tolist() == [3] and groups.starts[3] == 0 and groups.counts[3] == 1000
