@@ -24,11 +24,19 @@ A live feed hands us one JSON message per tick; the rest of the pipeline wants c
   carrying the raw text (cut to :data:`RAW_TEXT_LIMIT` characters, with the full length noted) and
   the reason.
 
+The rules are those of every JSON tick in tickpool (the WebSocket feed and Kafka JSON payloads
+both parse with :class:`FeedParser`): ``ts`` is int nanoseconds within int64 or ISO-8601 date
+*and* time (``YYYY-MM-DD[T ]HH:MM:SS[.f{1,9}]``) with an optional zone ``Z``, ``+HH:MM``,
+``+HHMM`` or ``+HH`` (no zone: UTC), inside the int64-nanosecond range (1677-09-21 to
+2262-04-11); a date alone is not a tick time. ``price`` must be present, and a finite number or a
+decimal string (null, NaN and infinities are rejected with the reason); ``size`` is optional (null
+means none). A message that breaks a rule is rejected whole (one element, for an array frame).
+
 >>> parser = FeedParser("generic")
 >>> parser.parse(b'{"ts": "2024-01-02T03:04:05.123456789Z", "symbol": "A", "price": 1.5}')
 [(1704164645123456789, 'A', 1.5, None)]
 >>> parser.parse_frame(b'{"ts": 5, "symbol": "A"}')
-([], [(None, "missing field 'price'")])
+([], [Rejected(element=None, reason="missing field 'price'", raw=None)])
 >>> b = MicroBatcher(max_rows=2, max_latency_ms=50)
 >>> b.add(1, "A", 1.0, None) is None, b.add(2, "A", 2.0, 3.0).num_rows
 (True, 2)
@@ -41,9 +49,9 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 import orjson
 import pyarrow as pa
@@ -57,9 +65,11 @@ __all__ = [
     "FieldMap",
     "MessageError",
     "MicroBatcher",
+    "Rejected",
     "Tick",
     "dead_letter",
     "parse_iso_ns",
+    "raw_text",
     "tick_schema",
 ]
 
@@ -70,13 +80,29 @@ RAW_TEXT_LIMIT: Final = 512
 """Characters of a rejected message kept in its dead letter (enough to see what it was)."""
 
 _INT64_MAX: Final = 2**63 - 1
+"""Timestamps are int64 nanoseconds; -2**63 is left out (it is NaT to pandas and numpy)."""
 _ISO: Final = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,9}))?(Z|z|[+-]\d{2}:?\d{2})?"
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,9}))?"
+    r"(Z|z|[+-]\d{2}(?::?\d{2})?)?"
 )
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND: Final = timedelta(seconds=1)
 
 
 class MessageError(ValueError):
     """A message that cannot be mapped to ticks; the text is the dead letter's reason."""
+
+
+class Rejected(NamedTuple):
+    """One rejected part of a frame: the whole frame (``element`` None) or one array element.
+
+    ``raw`` is the offending element as JSON (None when the whole frame is the culprit: the
+    caller keeps the frame's own text).
+    """
+
+    element: int | None
+    reason: str
+    raw: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -124,36 +150,55 @@ PRESETS: Final[dict[str, FieldMap]] = {
 
 @lru_cache(maxsize=4096)
 def _epoch_seconds(date: str, clock: str, zone: str | None) -> int:
-    """Whole seconds since the epoch of ``date clock zone`` (cached: ticks share seconds)."""
+    """Whole seconds since the epoch of ``date clock zone`` (cached: ticks share seconds).
+
+    Integer arithmetic throughout (no float ``timestamp()``), so every second is exact.
+    """
     if zone is None or zone in ("Z", "z"):
         zone = "+00:00"
+    elif len(zone) == 3:
+        zone = f"{zone}:00"
     elif ":" not in zone:
         zone = f"{zone[:3]}:{zone[3:]}"
-    return int(datetime.fromisoformat(f"{date}T{clock}{zone}").timestamp())
+    return (datetime.fromisoformat(f"{date}T{clock}{zone}") - _EPOCH) // _SECOND
 
 
 def parse_iso_ns(text: str) -> int:
     """Nanoseconds since the epoch of ISO-8601 text; no zone means UTC; up to 9 fraction digits.
 
     Exact to the nanosecond (``datetime`` alone stops at microseconds), and fast for a feed:
-    the date-and-second part is cached, so most ticks cost one regex match.
+    the date-and-second part is cached, so most ticks cost one regex match. A date alone is
+    not a tick time; the result must fit int64 nanoseconds (1677-09-21 to 2262-04-11).
 
-    >>> parse_iso_ns("1970-01-01T00:00:01.5Z"), parse_iso_ns("1970-01-01 01:00:00+01:00")
+    >>> parse_iso_ns("1970-01-01T00:00:01.5Z"), parse_iso_ns("1970-01-01 01:00:00+01")
     (1500000000, 0)
 
     Raises:
-        MessageError: the text is not ``YYYY-MM-DD[T ]HH:MM:SS[.f{1,9}][Z|+HH:MM|+HHMM]``.
+        MessageError: the text is not ``YYYY-MM-DD[T ]HH:MM:SS[.f{1,9}][Z|+HH:MM|+HHMM|+HH]``,
+            or not a real time, or out of the int64-nanosecond range.
     """
+    return _parse_iso_ns(text, "ts")
+
+
+def _parse_iso_ns(text: str, field: str) -> int:
     m = _ISO.fullmatch(text)
     if m is None:
-        raise MessageError(f"ts {text[:64]!r} is not ISO-8601 (YYYY-MM-DDTHH:MM:SS[.fff][Z])")
+        raise MessageError(
+            f"{field} {text[:64]!r} is not ISO-8601, expected YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM]"
+        )
     date, clock, fraction, zone = m.groups()
     try:
         seconds = _epoch_seconds(date, clock, zone)
-    except ValueError as err:
-        raise MessageError(f"ts {text[:64]!r} is not a valid time: {err}") from None
+    except (ValueError, OverflowError) as err:
+        raise MessageError(f"{field} {text[:64]!r} is not a valid time: {err}") from None
     ns = 0 if fraction is None else int(fraction) * 10 ** (9 - len(fraction))
-    return seconds * 1_000_000_000 + ns
+    out = seconds * 1_000_000_000 + ns
+    if not -_INT64_MAX <= out <= _INT64_MAX:
+        raise MessageError(
+            f"{field} {text[:64]!r} is out of the int64 nanosecond range, "
+            "expected a time from 1677-09-21T00:12:43.145224193Z to 2262-04-11T23:47:16.854775807Z"
+        )
+    return out
 
 
 def _number(value: object, field: str) -> float:
@@ -175,10 +220,12 @@ def _number(value: object, field: str) -> float:
 def _ts_ns(value: object, field: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         if not -_INT64_MAX <= value <= _INT64_MAX:
-            raise MessageError(f"{field} {value} is out of the int64 nanosecond range")
+            raise MessageError(
+                f"{field} {value} is out of the int64 nanosecond range, expected |ts| < 2**63"
+            )
         return value
     if isinstance(value, str):
-        return parse_iso_ns(value)
+        return _parse_iso_ns(value, field)
     raise MessageError(
         f"{field} is {type(value).__name__}, expected int nanoseconds or ISO-8601 text"
     )
@@ -205,48 +252,60 @@ class FeedParser:
         """The ticks of one message (all or nothing, also for an array frame)."""
         ticks, errors = self.parse_frame(raw)
         if errors:
-            raise MessageError(errors[0][1])
+            raise MessageError(errors[0].reason)
         return ticks
 
-    def parse_frame(self, raw: str | bytes) -> tuple[list[Tick], list[tuple[int | None, str]]]:
-        """The ticks of one frame, and ``(element index or None, reason)`` for each bad part.
+    def parse_frame(self, raw: str | bytes) -> tuple[list[Tick], list[Rejected]]:
+        """The ticks of one frame, and a :class:`Rejected` for each bad part.
 
         A frame that is not JSON, or not an object (nor an array of objects where allowed), is
-        one error with index None.
+        one error with element None; a bad array element is an error with its index and its
+        JSON.
         """
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as err:
-            return [], [(None, f"malformed JSON: {err}")]
+            return [], [Rejected(None, f"malformed JSON: {err}")]
         if isinstance(obj, dict):
             try:
                 tick = self._tick(obj)
             except MessageError as err:
-                return [], [(None, str(err))]
+                return [], [Rejected(None, str(err))]
             return ([] if tick is None else [tick]), []
         if isinstance(obj, list) and self.fields.arrays:
             ticks: list[Tick] = []
-            errors: list[tuple[int | None, str]] = []
+            errors: list[Rejected] = []
             for i, element in enumerate(obj):
                 try:
-                    if not isinstance(element, dict):
-                        raise MessageError(
-                            f"array element is {type(element).__name__}, expected an object"
-                        )
-                    tick = self._tick(element)
+                    tick = self.parse_object(element)
                 except MessageError as err:
-                    errors.append((i, str(err)))
+                    errors.append(Rejected(i, str(err), orjson.dumps(element)))
                     continue
                 if tick is not None:
                     ticks.append(tick)
             return ticks, errors
         wanted = "an object or an array of objects" if self.fields.arrays else "an object"
-        return [], [(None, f"message is a JSON {type(obj).__name__}, expected {wanted}")]
+        return [], [Rejected(None, f"message is a JSON {type(obj).__name__}, expected {wanted}")]
+
+    def parse_object(self, obj: object) -> Tick | None:
+        """The tick of one decoded JSON value (None for an ignored control message).
+
+        Raises:
+            MessageError: ``obj`` is not an object, or breaks the field map's rules.
+        """
+        if not isinstance(obj, dict):
+            raise MessageError(f"array element is {type(obj).__name__}, expected an object")
+        return self._tick(obj)
 
     def _tick(self, obj: dict[str, Any]) -> Tick | None:
         f = self.fields
         if f.type_field is not None:
             kind = obj.get(f.type_field)
+            if kind is not None and not isinstance(kind, str):
+                raise MessageError(
+                    f"{f.type_field} is {type(kind).__name__}, expected a string naming the "
+                    f"message type ({', '.join(sorted(f.tick_types))})"
+                )
             if kind in f.ignored_types:
                 return None
             if kind not in f.tick_types:
@@ -319,7 +378,14 @@ class MicroBatcher:
         return len(self._ts)
 
     def add(self, ts: int, symbol: str, price: float, size: float | None) -> pa.RecordBatch | None:
-        """Append one tick; the full batch when this tick made ``max_rows``, else None."""
+        """Append one tick; the full batch when this tick made ``max_rows``, else None.
+
+        Raises:
+            ValueError: ``ts`` does not fit int64 nanoseconds (the pending ticks are kept: a
+                bad tick never reaches :meth:`flush`).
+        """
+        if not -_INT64_MAX <= ts <= _INT64_MAX:
+            raise ValueError(f"ts {ts} is out of the int64 nanosecond range")
         if self._first is None:
             self._first = self._clock()
         self._ts.append(ts)
@@ -372,9 +438,19 @@ def dead_letter(
     ``value``: the first :data:`RAW_TEXT_LIMIT` characters, then ``... (N chars)`` when longer;
     bytes that are not UTF-8 are shown with replacement characters.
     """
-    text: str | None = None
-    if raw is not None:
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        if len(text) > RAW_TEXT_LIMIT:
-            text = f"{text[:RAW_TEXT_LIMIT]}... ({len(text):,} chars)"
-    return DeadLetter(source, message, element, reason, value=text)
+    return DeadLetter(source, message, element, reason, value=raw_text(raw))
+
+
+def raw_text(raw: str | bytes | None) -> str | None:
+    """``raw`` as text for a dead letter: the first :data:`RAW_TEXT_LIMIT` characters, then
+    ``... (N chars)`` when longer; bytes that are not UTF-8 get replacement characters.
+
+    >>> raw_text(b"x" * 600)[-20:]
+    'xxxxx... (600 chars)'
+    """
+    if raw is None:
+        return None
+    text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8", "replace")
+    if len(text) > RAW_TEXT_LIMIT:
+        return f"{text[:RAW_TEXT_LIMIT]}... ({len(text):,} chars)"
+    return text

@@ -7,7 +7,13 @@ It is one shared timeline, like a market: playback starts when the first client 
 pauses while none is connected (so no tick is sent to nobody), and a client that joins later
 gets the ticks from then on. Each frame is awaited on each client in turn, so the slowest
 client sets the pace (backpressure, nothing lost), which is what a benchmark of the consumer
-wants to see.
+wants to see. A client that takes no frame for ``send_timeout_s`` (5 s) is stuck: its
+connection is aborted (so a client with reconnect logic comes back) and the others go on.
+
+At the end of the file (never with ``loop``) every client is closed with code 1000 and reason
+``end of file`` once it has been sent everything, and the server stops listening:
+:meth:`serve` returns and ``tickpool serve-feed`` exits. :meth:`stop` instead aborts the
+connections at once (no close handshakes), as a simulator that is switched off.
 
 Messages (``fmt``):
 
@@ -82,9 +88,12 @@ class FeedServer:
         stamp_send_time: send ``ts`` = wall-clock nanoseconds at sending (generic only).
         drop_after: abort all connections once, after this many ticks have been sent.
         value: the price column's name in the file.
+        send_timeout_s: a client that takes no frame for this long is disconnected.
 
     Attributes:
-        ticks_sent: ticks sent (counted once per client that got them).
+        ticks_sent: ticks sent (counted once per client that got them; a frame cut short by a
+            send timeout is not counted).
+        clients_timed_out: connections aborted because a send timed out.
         frames_sent: frames sent (likewise).
         connections: connections accepted so far.
         listening: set once the server listens (then :attr:`port` is the bound port).
@@ -104,6 +113,7 @@ class FeedServer:
         stamp_send_time: bool = False,
         drop_after: int | None = None,
         value: str = "price",
+        send_timeout_s: float = _SEND_TIMEOUT_S,
     ) -> None:
         if fmt not in ("generic", "coinbase"):
             raise ValueError(f"format must be 'generic' or 'coinbase'; got {fmt!r}")
@@ -113,6 +123,8 @@ class FeedServer:
             raise ValueError(f"batch must be an integer >= 1; got {batch!r}")
         if fmt != "generic" and (batch > 1 or stamp_send_time):
             raise ValueError("batch > 1 and stamp_send_time need the generic format")
+        if not send_timeout_s > 0:
+            raise ValueError(f"send_timeout_s must be > 0; got {send_timeout_s}")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535; got {port}")
         self.path = os.fspath(path)
@@ -126,6 +138,8 @@ class FeedServer:
         self.stamp_send_time = stamp_send_time
         self.drop_after = drop_after
         self.value = value
+        self.send_timeout_s = send_timeout_s
+        self.clients_timed_out = 0
         self.ticks_sent = 0
         self.frames_sent = 0
         self.connections = 0
@@ -141,7 +155,8 @@ class FeedServer:
     # -- running --------------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Listen and play until :meth:`stop` (or cancellation); :attr:`port` is set once bound."""
+        """Listen and play until the end of the file (clients closed with 1000 "end of file"),
+        :meth:`stop` or cancellation; :attr:`port` is set once bound."""
         self._aloop = asyncio.get_running_loop()
         self._present = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -156,13 +171,17 @@ class FeedServer:
             await asyncio.wait({player, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if player.done() and player.exception() is not None:
                 raise player.exception()  # type: ignore[misc]
-            if not player.done():
-                # The file is played or the player is waiting: stay up until stop().
-                await stopper
-            for ws in list(self._clients):  # a simulator stops at once, no close handshakes
+            if player.done():
+                # The end of the file: every client hears so (code 1000), then we stop listening.
+                stopper.cancel()
+                closing = [ws.close(1000, "end of file") for ws in list(self._clients)]
+                with contextlib.suppress(TimeoutError):  # a stuck client is aborted below
+                    async with asyncio.timeout(self.send_timeout_s + 1.0):
+                        await asyncio.gather(*closing, return_exceptions=True)
+            for ws in list(self._clients):  # stop(), or stuck: at once, no close handshakes
                 ws.transport.abort()
             player.cancel()
-            await asyncio.wait({player}, timeout=_SEND_TIMEOUT_S)
+            await asyncio.wait({player}, timeout=self.send_timeout_s)
             server.close()
 
     def start(self, timeout: float = 10.0) -> int:
@@ -240,10 +259,18 @@ class FeedServer:
         """``frame`` (holding ``ticks`` ticks) to each client in turn; closed ones are dropped."""
         for ws in list(self._clients):
             try:
-                async with asyncio.timeout(_SEND_TIMEOUT_S):  # (3.11's wait_for can eat a cancel)
+                async with asyncio.timeout(self.send_timeout_s):  # (3.11's wait_for eats cancels)
                     await ws.send(frame)
-            except (ConnectionClosed, TimeoutError):
+            except ConnectionClosed:
                 self._clients.discard(ws)
+                continue
+            except TimeoutError:
+                # Stuck, and maybe mid-frame: close the socket, so the client sees the
+                # connection drop and reconnects (rather than wait forever on an open socket).
+                self._clients.discard(ws)
+                self.clients_timed_out += 1
+                log.warning("a client took no frame for %s s: disconnected", self.send_timeout_s)
+                ws.transport.abort()
                 continue
             self.frames_sent += 1
             self.ticks_sent += ticks

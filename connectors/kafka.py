@@ -114,14 +114,23 @@ class _TickPartition(StatefulSourcePartition[Item, int | None]):
     """One Kafka partition: Bytewax's partition underneath, its messages decoded on the way out."""
 
     def __init__(
-        self, inner: Any, decoder: TickDecoder, counters: KafkaCounters | None = None
+        self,
+        inner: Any,
+        decoder: TickDecoder,
+        counters: KafkaCounters | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self._inner = inner
         self._decoder = decoder
         self._counters = counters
+        self._stop = stop
 
     @override
     def next_batch(self) -> list[Item]:
+        # A stop request ends the partition between polls: everything polled so far has been
+        # handed out, and the snapshot (Bytewax's next offset) resumes right after it.
+        if self._stop is not None and self._stop.is_set():
+            raise StopIteration
         # Consumer errors raise (raise_on_errors=True); StopIteration at the end (tail=False).
         messages = self._inner.next_batch()
         items = self._decoder.decode(
@@ -163,12 +172,14 @@ class KafkaTickSource(FixedPartitionedSource[Item, int | None]):
         brokers: ``host:port`` of the bootstrap brokers.
         topics: topics to consume.
         payload: ``auto`` (each message by its first bytes), ``arrow`` or ``json``.
-        ts, symbol, values: JSON tick field names (the columns of JSON micro-batches).
+        ts, symbol, price, size: JSON tick field names (the columns of JSON micro-batches).
         bad_rows: ``drop`` (undecodable messages become dead letters) or ``error``.
         tail: wait for new messages at the end (False: stop at each partition's end).
         start_at: where a partition with no snapshot starts.
         batch_size: messages per poll, the largest JSON micro-batch.
         add_config: more librdkafka settings (``{"security.protocol": "SSL", ...}``).
+        stop: set it (a signal handler, another thread) to end every partition at its next
+            poll, so the flow reaches EOF cleanly (sinks flushed, final statistics).
 
     Raises:
         KafkaUnavailable: confluent-kafka is not installed.
@@ -182,12 +193,14 @@ class KafkaTickSource(FixedPartitionedSource[Item, int | None]):
         payload: TickPayload = "auto",
         ts: str = "ts",
         symbol: str = "symbol",
-        values: Sequence[str] = ("price",),
+        price: str = "price",
+        size: str = "size",
         bad_rows: str = "drop",
         tail: bool = True,
         start_at: StartAt = "beginning",
         batch_size: int = 10_000,
         add_config: dict[str, str] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         bytewax_kafka = kafka_module()
         if isinstance(brokers, str) or isinstance(topics, str):
@@ -206,11 +219,12 @@ class KafkaTickSource(FixedPartitionedSource[Item, int | None]):
             raise_on_errors=True,
         )
         TickDecoder(payload, bad_rows=bad_rows)  # validates now, not in a worker
-        JsonTickBatcher(ts, symbol, values)
+        JsonTickBatcher(ts, symbol, price, size)
         self.counters = KafkaCounters()
         self._payload: TickPayload = payload
-        self._fields = (ts, symbol, tuple(values))
+        self._fields = (ts, symbol, price, size)
         self._bad_rows = bad_rows
+        self._stop = stop
 
     @override
     def list_parts(self) -> list[str]:
@@ -220,9 +234,8 @@ class KafkaTickSource(FixedPartitionedSource[Item, int | None]):
     @override
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TickPartition:
         inner = self._inner.build_part(step_id, for_part, resume_state)
-        ts, symbol, values = self._fields
-        decoder = TickDecoder(self._payload, JsonTickBatcher(ts, symbol, values), self._bad_rows)
-        return _TickPartition(inner, decoder, self.counters)
+        decoder = TickDecoder(self._payload, JsonTickBatcher(*self._fields), self._bad_rows)
+        return _TickPartition(inner, decoder, self.counters, self._stop)
 
     def stats(self) -> dict[str, int]:
         """This process's counters, for the statistics records (see :class:`KafkaCounters`)."""

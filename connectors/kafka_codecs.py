@@ -8,11 +8,15 @@ Two payloads carry ticks:
   keeps the bytes alive. The batch passes through as it is (any columns, dictionary symbols).
 - **JSON**: a message value is one tick, a JSON object such as
   ``{"ts": 1704205800000000000, "symbol": "BTCUSDT", "price": 42000.5}``, or a JSON array of
-  such objects (for producers that batch). ``ts`` is integer nanoseconds since the epoch or
-  ISO-8601 text (no zone means UTC); values are numbers, decimal strings (``"42000.50"``) or
-  null; other fields are ignored. :class:`JsonTickBatcher` turns the ticks of many messages into
-  one record batch (``ts`` timestamp[ns, UTC], ``symbol`` utf8, float64 values), so per-tick
-  Python objects live only here, at the edge. Producers here write one tick per message
+  such objects (for producers that batch). Each tick is read by the WebSocket feed's parser
+  (:class:`~tickpool.connectors.feed_messages.FeedParser`, generic preset with the configured
+  field names), so a JSON tick means the same on both paths: ``ts`` int64 nanoseconds or
+  ISO-8601 date and time (zone optional, no zone means UTC; a date alone is rejected),
+  ``price`` a finite number or decimal string (null, missing, NaN: dead letter), ``size``
+  optional; other fields are ignored. :class:`JsonTickBatcher` turns the ticks of many messages
+  into one record batch (:func:`~tickpool.connectors.feed_messages.tick_schema`: ``ts``
+  timestamp[ns, UTC], ``symbol`` utf8, ``price`` and ``size`` float64), so per-tick Python
+  objects live only here, at the edge. Producers here write one tick per message
   (:func:`encode_json_ticks`), keyed by symbol.
 
 Predictions go back as Arrow IPC (one batch per message) or JSON lines (one line per prediction,
@@ -27,6 +31,7 @@ a :class:`~tickpool.operators.items.DeadLetter` (``source`` ``kafka:<topic>/<par
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
@@ -34,6 +39,14 @@ from typing import Any, Final, Literal, TypeAlias
 import orjson
 import pyarrow as pa
 
+from tickpool.connectors.feed_messages import (
+    FeedParser,
+    FieldMap,
+    MessageError,
+    MicroBatcher,
+    raw_text,
+    tick_schema,
+)
 from tickpool.connectors.sinks import json_lines
 from tickpool.operators.items import DeadLetter, TickBatch
 from tickpool.operators.symbols import split_by_symbol
@@ -65,12 +78,8 @@ TickPayload: TypeAlias = Literal["auto", "arrow", "json"]
 ARROW_STREAM_MAGIC: Final = b"\xff\xff\xff\xff"
 """An Arrow IPC stream starts with the continuation marker (JSON starts with ``{`` or ``[``)."""
 
-MAX_RAW_CHARS: Final = 1_000
-"""Raw text kept in a dead letter (longer messages are cut, with a note of their size)."""
-
 _ARROW_EXPECTED: Final = "an Arrow IPC stream holding exactly one record batch"
 _JSON_EXPECTED: Final = "a JSON tick object or a JSON array of tick objects"
-_TS_EXPECTED: Final = "integer nanoseconds since the epoch or ISO-8601 text"
 _UTC_NS: Final = pa.timestamp("ns", tz="UTC")
 
 
@@ -101,18 +110,22 @@ class KafkaDecodeError(ValueError):
     """A message value is not what the consumer expects.
 
     The message reads ``Kafka topic 't', partition p, offset o[, tick i]: <found>; expected
-    <what>``.
+    <what>`` (a tick's reason from the feed parser says what it expected itself, so then
+    ``expected`` is None and the message ends with that reason).
 
     Attributes:
         ref: the message's topic, partition and offset.
         found: what was wrong.
-        expected: what the value should have been.
+        expected: what the value should have been (None: ``found`` says it).
         row: the tick's index in a JSON array (None: the whole message).
     """
 
-    def __init__(self, ref: MessageRef, found: str, expected: str, row: int | None = None) -> None:
+    def __init__(
+        self, ref: MessageRef, found: str, expected: str | None, row: int | None = None
+    ) -> None:
         where = str(ref) if row is None else f"{ref}, tick {row}"
-        super().__init__(f"{where}: {found}; expected {expected}")
+        tail = "" if expected is None else f"; expected {expected}"
+        super().__init__(f"{where}: {found}{tail}")
         self.ref = ref
         self.found = found
         self.expected = expected
@@ -120,7 +133,7 @@ class KafkaDecodeError(ValueError):
 
     def __reduce__(
         self,
-    ) -> tuple[type[KafkaDecodeError], tuple[MessageRef, str, str, int | None]]:
+    ) -> tuple[type[KafkaDecodeError], tuple[MessageRef, str, str | None, int | None]]:
         return type(self), (self.ref, self.found, self.expected, self.row)
 
     @property
@@ -138,17 +151,8 @@ class KafkaDecodeError(ValueError):
     def dead_letter(self, raw: bytes | None) -> DeadLetter:
         """This error as a dead letter carrying ``raw`` (the message or the tick) as text."""
         return DeadLetter(
-            self.ref.source, self.ref.offset, self.row, str(self), value=_raw_text(raw)
+            self.ref.source, self.ref.offset, self.row, str(self), value=raw_text(raw)
         )
-
-
-def _raw_text(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    text = bytes(raw[:MAX_RAW_CHARS]).decode("utf-8", errors="replace")
-    if len(raw) > MAX_RAW_CHARS:
-        text += f"... ({len(raw):,} bytes in all)"
-    return text
 
 
 def _head(value: bytes) -> str:
@@ -250,86 +254,54 @@ def parse_json_ticks(value: bytes | None, ref: MessageRef) -> list[Any]:
     raise KafkaDecodeError(ref, f"a JSON {type(doc).__name__}", _JSON_EXPECTED)
 
 
-def _number(value: Any) -> float | None:
-    """A float from a JSON number or decimal string; None for null. Raises ValueError."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"a boolean ({value})")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"the text {value!r}") from None
-    raise ValueError(f"a JSON {type(value).__name__}")
-
-
-def _iso_to_ns(texts: Sequence[str]) -> list[int | None]:
-    """ISO-8601 texts as int nanoseconds (None where unreadable); no zone means UTC."""
-    if not texts:
-        return []
-    try:
-        return pa.array(texts, pa.string()).cast(_UTC_NS).cast(pa.int64()).to_pylist()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    out: list[int | None] = []
-    for text in texts:  # the slow path finds which ones are bad
-        value: int | None = None
-        for target in (_UTC_NS, pa.timestamp("ns")):
-            try:
-                value = pa.array([text], pa.string()).cast(target).cast(pa.int64())[0].as_py()
-                break
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                continue
-        out.append(value)
-    return out
-
-
 class JsonTickBatcher:
     """Collects JSON ticks from many messages and hands them out as one record batch.
 
-    Each tick must have ``ts`` (int nanoseconds or ISO-8601 text) and ``symbol`` (non-empty
-    text); each of ``values`` is a number, a decimal string, null or missing (null: the window
-    operator then dead-letters that row with its own reason). A tick that breaks these rules
-    becomes a dead letter naming the topic, partition, offset and tick; the others are kept.
+    Each tick is read by :class:`~tickpool.connectors.feed_messages.FeedParser` (the generic
+    preset's rules with these field names): ``ts`` int64 nanoseconds or ISO-8601 date and time,
+    ``symbol`` non-empty text, ``price`` a finite number or decimal string, ``size`` optional.
+    A tick that breaks these rules becomes a dead letter naming the topic, partition, offset and
+    tick, with the parser's reason; the others are kept. Every check happens as a tick is
+    taken, so :meth:`flush` cannot fail and one bad tick never costs its neighbours.
 
     Args:
-        ts, symbol: field names of the time and the symbol.
-        values: field names of the float64 value columns (other fields are ignored).
+        ts, symbol, price, size: field names of the time, the symbol, the price and the
+            optional size (the batch's column names; other fields are ignored).
 
     >>> b = JsonTickBatcher()
-    >>> b.add(b'[{"ts": 1, "symbol": "A", "price": 2}, {"ts": 2, "symbol": "A"}]',
+    >>> b.add(b'[{"ts": 1, "symbol": "A", "price": 2}, {"ts": 2, "symbol": "A", "price": "3"}]',
     ...       MessageRef("t", 0, 7))
     []
     >>> b.add(b'{"ts": true, "symbol": "A", "price": 1}', MessageRef("t", 0, 8))[0].reason
-    "Kafka topic 't', partition 0, offset 8, tick 0: ts is a boolean (True); expected integer \
-nanoseconds since the epoch or ISO-8601 text"
+    "Kafka topic 't', partition 0, offset 8, tick 0: ts is bool, expected int nanoseconds or \
+ISO-8601 text"
     >>> item = b.flush()
     >>> item.source, item.index, item.batch.column("price").to_pylist()
-    ('kafka:t/0', 7, [2.0, None])
+    ('kafka:t/0', 7, [2.0, 3.0])
     """
 
     def __init__(
-        self, ts: str = "ts", symbol: str = "symbol", values: Sequence[str] = ("price",)
+        self, ts: str = "ts", symbol: str = "symbol", price: str = "price", size: str = "size"
     ) -> None:
-        names = (ts, symbol, *values)
+        names = (ts, symbol, price, size)
         if len(set(names)) != len(names) or not all(names):
             raise ValueError(f"JSON tick fields must be distinct non-empty names; got {names}")
         self.ts = ts
         self.symbol = symbol
-        self.values = tuple(values)
+        self.price = price
+        self.size = size
+        fields = FieldMap("json", ts=ts, symbol=symbol, price=price, size=(size,), arrays=True)
+        self._parser = FeedParser(fields)
+        # Cut by the caller (one batch per poll), never by rows or age.
+        self._batcher = MicroBatcher(
+            sys.maxsize, float("inf"), schema=tick_schema(ts, symbol, price, size)
+        )
         self._first: MessageRef | None = None
-        self._ts: list[int | None] = []
-        self._iso: list[tuple[int, str, MessageRef, int, bytes]] = []
-        self._symbols: list[str] = []
-        self._columns: list[list[float | None]] = [[] for _ in self.values]
 
     @property
     def pending(self) -> int:
         """Ticks collected and not yet flushed."""
-        return len(self._symbols)
+        return len(self._batcher)
 
     def add(self, value: bytes | None, ref: MessageRef) -> list[DeadLetter]:
         """Take the ticks of one message; returns the dead letters of those that do not fit.
@@ -344,109 +316,30 @@ nanoseconds since the epoch or ISO-8601 text"
         ticks = parse_json_ticks(value, ref)
         single = len(ticks) == 1 and bytes(value or b"").lstrip()[:1] == b"{"
         rejected: list[tuple[KafkaDecodeError, bytes]] = []
-        for i, tick in enumerate(ticks):
+        for i, obj in enumerate(ticks):
             try:
-                self._add_tick(tick, ref, i)
-            except KafkaDecodeError as err:
-                raw = bytes(value or b"") if single else orjson.dumps(tick, default=str)
-                rejected.append((err, raw))
+                tick = self._parser.parse_object(obj)
+            except MessageError as err:
+                raw = bytes(value or b"") if single else orjson.dumps(obj)
+                rejected.append((KafkaDecodeError(ref, str(err), None, i), raw))
+                continue
+            if tick is not None:
+                if self._first is None:
+                    self._first = ref
+                self._batcher.add(*tick)
         return rejected
-
-    def _add_tick(self, tick: Any, ref: MessageRef, row: int) -> None:
-        if not isinstance(tick, dict):
-            found = f"the array holds a JSON {type(tick).__name__}"
-            raise KafkaDecodeError(ref, found, "a JSON object per tick", row)
-        symbol = tick.get(self.symbol)
-        if not isinstance(symbol, str) or not symbol:
-            found = f"{self.symbol} is {'missing' if symbol is None else repr(symbol)}"
-            raise KafkaDecodeError(ref, found, "a non-empty symbol text", row)
-        ts = tick.get(self.ts)
-        if ts is None or isinstance(ts, bool) or not isinstance(ts, int | str):
-            found = f"{self.ts} is " + ("missing" if ts is None else f"{_describe(ts)}")
-            raise KafkaDecodeError(ref, found, _TS_EXPECTED, row)
-        numbers: list[float | None] = []
-        for name in self.values:
-            try:
-                numbers.append(_number(tick.get(name)))
-            except ValueError as exc:
-                raise KafkaDecodeError(ref, f"{name} is {exc}", "a number or null", row) from None
-        if self._first is None:
-            self._first = ref
-        if isinstance(ts, str):
-            self._iso.append((len(self._ts), ts, ref, row, orjson.dumps(tick, default=str)))
-            self._ts.append(None)
-        else:
-            self._ts.append(ts)
-        self._symbols.append(symbol)
-        for column, number in zip(self._columns, numbers, strict=True):
-            column.append(number)
 
     def flush(self) -> TickBatch | None:
         """The ticks collected so far as one batch (None if there are none); starts afresh.
 
         The batch's ``source`` and ``index`` are those of the first message that gave a tick
-        (``index`` is its offset). Ticks whose ISO-8601 text turns out unreadable are left out
-        here; see :meth:`flush_with_dead`.
+        (``index`` is its offset).
         """
-        return self.flush_with_dead()[0]
-
-    def flush_with_dead(self) -> tuple[TickBatch | None, list[DeadLetter]]:
-        """:meth:`flush`, and the dead letters of ticks whose ISO-8601 ``ts`` is unreadable."""
-        item, rejected = self.flush_rejected()
-        return item, [err.dead_letter(raw) for err, raw in rejected]
-
-    def flush_rejected(self) -> tuple[TickBatch | None, list[tuple[KafkaDecodeError, bytes]]]:
-        """:meth:`flush_with_dead`, with errors and raw JSON instead of dead letters."""
-        first = self._first
-        if first is None:
-            return None, []
-        dead: list[tuple[KafkaDecodeError, bytes]] = []
-        keep: list[int] | None = None
-        if self._iso:
-            parsed = _iso_to_ns([text for _, text, _, _, _ in self._iso])
-            bad: set[int] = set()
-            for (at, text, ref, row, raw), ns in zip(self._iso, parsed, strict=True):
-                if ns is None:
-                    bad.add(at)
-                    err = KafkaDecodeError(ref, f"{self.ts} is {text!r}", _TS_EXPECTED, row)
-                    dead.append((err, raw))
-                else:
-                    self._ts[at] = ns
-            if bad:
-                keep = [i for i in range(len(self._ts)) if i not in bad]
-        ts, symbols, columns = self._ts, self._symbols, self._columns
-        self._reset()
-        if keep is not None:
-            ts = [ts[i] for i in keep]
-            symbols = [symbols[i] for i in keep]
-            columns = [[c[i] for i in keep] for c in columns]
-        if not symbols:
-            return None, dead
-        try:
-            ts_array = pa.array(ts, pa.int64()).view(_UTC_NS)
-        except OverflowError as exc:  # an int that does not fit int64 nanoseconds
-            found = f"a ts out of the int64 range ({exc}) in the ticks from here on"
-            err = KafkaDecodeError(first, found, _TS_EXPECTED)
-            return None, [(err, b""), *dead]
-        arrays: list[pa.Array[Any]] = [ts_array, pa.array(symbols, pa.string())]
-        arrays.extend(pa.array(c, pa.float64()) for c in columns)
-        batch = pa.RecordBatch.from_arrays(arrays, names=[self.ts, self.symbol, *self.values])
-        return TickBatch(batch, first.source, first.offset), dead
-
-    def _reset(self) -> None:
-        self._first = None
-        self._ts = []
-        self._iso = []
-        self._symbols = []
-        self._columns = [[] for _ in self.values]
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"a boolean ({value})"
-    if isinstance(value, float):
-        return f"the float {value!r} (ambiguous units)"
-    return f"a JSON {type(value).__name__}"
+        first, self._first = self._first, None
+        batch = self._batcher.flush()
+        if batch is None or first is None:
+            return None
+        return TickBatch(batch, first.source, first.offset)
 
 
 # -- one poll of one partition ---------------------------------------------------------------------
@@ -500,11 +393,9 @@ class TickDecoder:
         return out
 
     def _flush(self, out: list[TickBatch | DeadLetter]) -> None:
-        if self.batcher.pending:
-            item, rejected = self.batcher.flush_rejected()
-            if item is not None:
-                out.append(item)
-            self._dead(out, rejected)
+        item = self.batcher.flush()
+        if item is not None:
+            out.append(item)
 
     def _dead(
         self,
@@ -551,12 +442,16 @@ def decode_predictions(value: bytes | None, fmt: PayloadFormat, ref: MessageRef)
     arrays: list[pa.Array[Any]] = []
     for name in names:
         column = [r.get(name) for r in rows]
-        if name == "ts":
-            arrays.append(pa.array(column, pa.int64()).view(_UTC_NS))
-        elif name == "symbol":
-            arrays.append(pa.array(column, pa.string()))
-        else:
-            arrays.append(pa.array(column, pa.float64()))
+        try:
+            if name == "ts":
+                arrays.append(pa.array(column, pa.int64()).view(_UTC_NS))
+            elif name == "symbol":
+                arrays.append(pa.array(column, pa.string()))
+            else:
+                arrays.append(pa.array(column, pa.float64()))
+        except (pa.ArrowException, OverflowError, TypeError) as exc:
+            found = f"a {name} column that does not convert ({type(exc).__name__}: {exc})"
+            raise KafkaDecodeError(ref, found, expected) from None
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 

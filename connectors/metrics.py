@@ -5,6 +5,11 @@ record (the dicts the pipeline's statistics emit), and serves them over HTTP wit
 ``prometheus_client``. Monotonic totals (hits, ticks, ...) are exposed as gauges named
 ``*_total`` because the records carry absolute totals, which a Prometheus counter cannot be set
 to. ``rate()`` works on them as on counters.
+
+A live source's counters (``feed_*``, ``kafka_*``: :data:`SOURCE_TOTALS`) belong to the
+process, not to a worker: every worker's record repeats the same numbers. They are exported
+*without* the ``worker`` label, once per process, so ``sum()`` over them does not count them
+once per worker.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing_extensions import override
 
 from tickpool.connectors.sinks import SupportsToDict, unwrap_item
 
-__all__ = ["GAUGES", "LATENCY_QUANTILES", "TOTALS", "PrometheusStatsSink"]
+__all__ = ["GAUGES", "LATENCY_QUANTILES", "SOURCE_TOTALS", "TOTALS", "PrometheusStatsSink"]
 
 GAUGES: Final[Mapping[str, tuple[str, str, float]]] = {
     "hit_rate": ("tickpool_pool_hit_rate", "Pool hit rate since start.", 1.0),
@@ -53,16 +58,23 @@ TOTALS: Final[Mapping[str, tuple[str, str]]] = {
     "ticks": ("tickpool_ticks_total", "Ticks processed."),
     "predictions": ("tickpool_predictions_total", "Predictions emitted."),
     "dead_letters": ("tickpool_dead_letters_total", "Rows sent to dead letters."),
-    # A live source's counters (process-wide; present only in feed and Kafka runs).
+}
+"""Stats key -> (metric name, help) for monotonic totals (exposed as gauges, per worker)."""
+
+SOURCE_TOTALS: Final[Mapping[str, tuple[str, str]]] = {
     "feed_received": ("tickpool_feed_received_total", "Feed records received (ticks + rejects)."),
     "feed_rejected": ("tickpool_feed_rejected_total", "Feed messages sent to dead letters."),
     "feed_dropped": ("tickpool_feed_dropped_total", "Feed frames dropped on a full queue."),
     "feed_oversize": ("tickpool_feed_oversize_total", "Feed frames over the size limit."),
     "feed_reconnects": ("tickpool_feed_reconnects_total", "Feed reconnections."),
     "kafka_messages": ("tickpool_kafka_messages_total", "Kafka messages consumed."),
-    "kafka_undecodable": ("tickpool_kafka_undecodable_total", "Kafka messages not decodable."),
+    "kafka_undecodable": (
+        "tickpool_kafka_undecodable_total",
+        "Kafka messages or JSON ticks sent to dead letters.",
+    ),
 }
-"""Stats key -> (metric name, help) for monotonic totals (exposed as gauges)."""
+"""Stats key -> (metric name, help) for a live source's process-wide totals: no worker label
+(present in feed and Kafka runs; 0 otherwise)."""
 
 LATENCY_QUANTILES: Final[Mapping[str, str]] = {
     "latency_ms_p50": "0.5",
@@ -87,6 +99,9 @@ class _Metrics:
             for key, (name, doc) in TOTALS.items()
         )
         self.latency = Gauge(*_LATENCY, ["worker", "quantile"], registry=registry)
+        self.process = {
+            key: Gauge(name, doc, registry=registry) for key, (name, doc) in SOURCE_TOTALS.items()
+        }
 
     def update(self, stats: Mapping[str, Any], worker: str) -> None:
         for key, (gauge, scale) in self.gauges.items():
@@ -97,6 +112,10 @@ class _Metrics:
             value = stats.get(key)
             if value is not None:
                 self.latency.labels(worker=worker, quantile=quantile).set(float(value) / 1_000)
+        for key, process_gauge in self.process.items():
+            value = stats.get(key)
+            if value is not None:
+                process_gauge.set(float(value))
 
 
 _lock = threading.Lock()

@@ -20,11 +20,21 @@ fields), so ``processed + dead-lettered = received`` holds for the whole run.
 
 Policies
 --------
-- **Full queue** (``when_full``): ``block`` (default) stops reading the socket until the flow
-  has drained a frame; the library then stops reading TCP, so the server sees backpressure and
-  nothing is lost (keepalive pings are still answered: the wait is an ``await``, not a blocked
-  loop). ``drop-oldest`` keeps reading and drops the oldest queued frame for each new one,
-  counting the drops (``feed_dropped``): fresh data wins, as for a display.
+- **Full queue**: the queue is bounded twice, in frames (``queue_size``) and in bytes
+  (``queue_bytes``, the frames' lengths: bytes of binary frames, characters of text frames);
+  it is full when either bound is reached (a frame always enters an empty queue, and
+  ``queue_bytes >= max_message_bytes`` is required, so the bytes bound holds). ``block``
+  (``when_full``, default) stops reading the socket until the flow has drained enough; the
+  library then stops reading TCP once its own small buffer (``max_queue`` = 16 frames) is full,
+  so the server sees backpressure and nothing is lost (keepalive pings are still answered: the
+  wait is an ``await``, not a blocked loop). ``drop-oldest`` keeps reading and drops the oldest
+  queued frames until the new one fits under both bounds, counting the drops (``feed_dropped``):
+  fresh data wins, as for a display. Memory for frames in flight is therefore at most about
+  ``queue_bytes`` + 16 x ``max_message_bytes`` (32 MiB + 16 MiB by default).
+- **Bad messages** (``bad_rows``): ``drop`` (default) turns each into a dead letter;
+  ``error`` ends the run at the first one with a one-line error naming the message and what
+  was expected. An unexpected exception while parsing a message is a dead letter too
+  (``cannot map message: ...``), never the end of the run.
 - **Oversize messages**: the library enforces ``max_message_bytes`` while reading (it never
   buffers a bigger frame) and closes the connection with code 1009. That message is recorded as
   one dead letter (reason says so, no raw text: it was never read whole), counted
@@ -32,7 +42,11 @@ Policies
 - **Reconnects**: any connection loss or failed connect is logged (``logging``, WARNING) and
   retried after ``min(reconnect_max_s, reconnect_initial_s * 2**attempt)`` seconds times a random
   factor in [0.5, 1] ("equal jitter": spread out, never zero); the attempt count resets once a
-  message arrives. ``feed_reconnects`` counts connections opened after the first.
+  message arrives. ``feed_reconnects`` counts connections opened after the first. An HTTP 4xx
+  answer to the handshake (wrong path, bad credentials) is not retried: the run ends with an
+  error naming the URL and the status; so does a run that stops without ever having connected.
+- **URLs in logs**: the URL's user-info, query and fragment (where tokens live) are left out of
+  logs, errors, the ``source`` of batches and dead letters (see :func:`redact_url`).
 
 Why a ``FixedPartitionedSource`` with one partition
 ---------------------------------------------------
@@ -79,12 +93,22 @@ from tickpool.connectors.feed_messages import (
     PRESETS,
     FeedParser,
     MicroBatcher,
+    Rejected,
     dead_letter,
+    raw_text,
     tick_schema,
 )
 from tickpool.operators.items import DeadLetter, TickBatch
 
-__all__ = ["FeedConfig", "FeedCounters", "FeedItem", "FeedPosition", "WebSocketSource"]
+__all__ = [
+    "FeedConfig",
+    "FeedCounters",
+    "FeedError",
+    "FeedItem",
+    "FeedPosition",
+    "WebSocketSource",
+    "redact_url",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +119,37 @@ FeedPosition: TypeAlias = tuple[int, int]
 """``(frames consumed, batches emitted)``: the partition's snapshot (sequence numbers only)."""
 
 WhenFull: TypeAlias = Literal["block", "drop-oldest"]
+BadRows: TypeAlias = Literal["drop", "error"]
 
 _PARTITION: Final = "feed"
 _IDLE_POLL_S: Final = 0.005
 _STOP_JOIN_S: Final = 5.0
 _CLOSE_CODE_TOO_BIG: Final = 1009
+_LIBRARY_QUEUE_FRAMES: Final = 16
+"""websockets' own receive buffer (``max_queue``): frames it reads ahead of us."""
+
+
+class FeedError(RuntimeError):
+    """The feed cannot go on: a refused handshake, no connection ever, or a bad message under
+    ``bad_rows="error"``. The text is one line for the user."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user-info, query and fragment (where credentials and tokens go).
+
+    >>> redact_url("wss://user:secret@feed.example.com:443/v1/ticks?token=abc#x")
+    'wss://feed.example.com:443/v1/ticks'
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 @dataclass(frozen=True)
@@ -113,13 +163,17 @@ class FeedConfig:
         max_rows: ticks per batch at most.
         max_latency_ms: a tick waits at most this long in the batcher.
         queue_size: frames the socket-to-flow queue holds.
-        when_full: ``block`` the reader or ``drop-oldest`` (counted) when the queue is full.
+        queue_bytes: bytes (characters of text frames) the queue holds; >= max_message_bytes.
+        when_full: ``block`` the reader or ``drop-oldest`` (counted) when the queue is full
+            (either bound reached).
         max_message_bytes: larger frames close the connection (1009) and become a dead letter.
+        bad_rows: ``drop`` (dead letters) or ``error`` (the first bad message ends the run).
         max_ticks: end the run after this many records (ticks + dead letters); None: never.
         duration_s: end the run after this many seconds; None: never.
         reconnect_initial_s, reconnect_max_s: exponential backoff bounds between reconnects.
         open_timeout_s: give up on one connect attempt after this long (then back off).
-        name: the ``source`` of batches and dead letters (default: the URL).
+        name: the ``source`` of batches and dead letters (default: the URL without user-info,
+            query and fragment).
     """
 
     url: str
@@ -128,8 +182,10 @@ class FeedConfig:
     max_rows: int = 4096
     max_latency_ms: float = 50.0
     queue_size: int = 65_536
+    queue_bytes: int = 32 << 20
     when_full: WhenFull = "block"
     max_message_bytes: int = 1 << 20
+    bad_rows: BadRows = "drop"
     max_ticks: int | None = None
     duration_s: float | None = None
     reconnect_initial_s: float = 0.1
@@ -138,9 +194,16 @@ class FeedConfig:
     name: str = ""
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
+        try:
+            parts = urlsplit(self.url)
+            redact_url(self.url)
+        except ValueError as err:  # e.g. an unclosed [IPv6] host; the text may hold a token
+            msg = f"feed url must be ws://host[:port]/... or wss://...; it does not parse: {err}"
+            raise ValueError(msg) from None
         if parts.scheme not in ("ws", "wss") or not parts.netloc:
-            msg = f"feed url must be ws://host[:port]/... or wss://...; got {self.url!r}"
+            msg = (
+                f"feed url must be ws://host[:port]/... or wss://...; got {redact_url(self.url)!r}"
+            )
             raise ValueError(msg)
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
@@ -150,10 +213,17 @@ class FeedConfig:
             except orjson.JSONDecodeError as err:
                 msg = f"subscribe must be JSON text; got {self.subscribe!r}: {err}"
                 raise ValueError(msg) from None
-        for name in ("max_rows", "queue_size", "max_message_bytes"):
+        for name in ("max_rows", "queue_size", "queue_bytes", "max_message_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        if self.queue_bytes < self.max_message_bytes:
+            raise ValueError(
+                f"queue_bytes ({self.queue_bytes:,}) must be >= max_message_bytes "
+                f"({self.max_message_bytes:,}): the queue must hold the largest message"
+            )
+        if self.bad_rows not in ("drop", "error"):
+            raise ValueError(f"bad_rows must be 'drop' or 'error'; got {self.bad_rows!r}")
         if self.max_ticks is not None and (
             isinstance(self.max_ticks, bool) or not isinstance(self.max_ticks, int)
         ):
@@ -173,7 +243,7 @@ class FeedConfig:
         if self.duration_s is not None and not self.duration_s > 0:
             raise ValueError(f"duration_s must be > 0 seconds or None; got {self.duration_s!r}")
         if not self.name:
-            object.__setattr__(self, "name", self.url)
+            object.__setattr__(self, "name", redact_url(self.url))
 
     def backoff_s(self, attempt: int, rand: float) -> float:
         """Seconds to wait before reconnect ``attempt`` (0-based), ``rand`` uniform in [0, 1).
@@ -240,33 +310,50 @@ class _Oversize:
 _Frame: TypeAlias = str | bytes | _Oversize
 
 
+def _size(frame: _Frame) -> int:
+    """What a frame counts against ``queue_bytes``: its length (0 for a marker)."""
+    return 0 if isinstance(frame, _Oversize) else len(frame)
+
+
 @dataclass
 class _FrameQueue:
-    """A bounded FIFO of frames shared by the reader thread and the worker (one lock)."""
+    """A FIFO of frames bounded in frames and in bytes, shared by the reader thread and the
+    worker (one lock). A frame always enters an empty queue."""
 
     capacity: int
+    capacity_bytes: int
     counters: FeedCounters
+    nbytes: int = 0
     _items: deque[_Frame] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def _full_for(self, size: int) -> bool:
+        return bool(self._items) and (
+            len(self._items) >= self.capacity or self.nbytes + size > self.capacity_bytes
+        )
+
     def offer(self, frame: _Frame) -> bool:
-        """Append unless full; whether it was appended."""
+        """Append unless it does not fit under both bounds; whether it was appended."""
+        size = _size(frame)
         with self._lock:
-            if len(self._items) >= self.capacity:
+            if self._full_for(size):
                 return False
             self._items.append(frame)
+            self.nbytes += size
             return True
 
     def push_dropping_oldest(self, frame: _Frame) -> None:
-        """Append, dropping (and counting) the oldest frame when full."""
+        """Append, first dropping (and counting) the oldest frames until it fits."""
+        size = _size(frame)
         with self._lock:
-            if len(self._items) >= self.capacity:
-                self._items.popleft()
+            while self._full_for(size):
+                self.nbytes -= _size(self._items.popleft())
                 self.counters.dropped += 1
             self._items.append(frame)
+            self.nbytes += size
 
     def take(self, limit: int | None) -> list[_Frame]:
         """Up to ``limit`` frames (all of them for None), oldest first, without waiting."""
@@ -275,8 +362,11 @@ class _FrameQueue:
             if limit is None or limit >= len(items):
                 out = list(items)
                 items.clear()
+                self.nbytes = 0
                 return out
-            return [items.popleft() for _ in range(limit)]
+            out = [items.popleft() for _ in range(limit)]
+            self.nbytes -= sum(_size(f) for f in out)
+            return out
 
 
 class _Reader:
@@ -290,6 +380,9 @@ class _Reader:
         self._task: asyncio.Task[None] | None = None
         self._ready = threading.Event()
         self._stopping = False
+        self.fatal: str | None = None
+        """Why the reader gave up for good (set once, by the reader thread), else None."""
+        self.last_error: str | None = None
         self._thread = threading.Thread(target=self._main, name="tickpool-feed", daemon=True)
 
     def start(self) -> None:
@@ -331,7 +424,7 @@ class _Reader:
                     open_timeout=cfg.open_timeout_s,
                     close_timeout=1.0,
                     compression=None,  # ticks are small; deflate would cost more CPU than bytes
-                    max_queue=64,
+                    max_queue=_LIBRARY_QUEUE_FRAMES,
                 ) as ws:
                     if self._counters.connects:
                         self._counters.reconnects += 1
@@ -351,11 +444,23 @@ class _Reader:
                     self._counters.oversize += 1
                     await self._put(_Oversize(cfg.max_message_bytes, sent.reason))
                 reason = f"connection lost ({err})"
+            except websockets.InvalidStatus as err:
+                status = err.response.status_code
+                reason = f"cannot connect (HTTP {status})"
+                if 400 <= status < 500:  # wrong path or credentials: retrying will not help
+                    self.fatal = (
+                        f"feed {redact_url(cfg.url)}: the server refused the WebSocket handshake "
+                        f"with HTTP {status} {err.response.reason_phrase}".rstrip()
+                    )
+                    log.error("%s", self.fatal)
+                    return
             except (OSError, TimeoutError, websockets.InvalidHandshake) as err:
                 reason = f"cannot connect ({type(err).__name__}: {err})"
             except Exception as err:  # a bug or an odd server must not end the feed silently
                 log.exception("feed %s: unexpected error", cfg.name)
                 reason = f"unexpected error ({type(err).__name__}: {err})"
+            reason = reason.replace(cfg.url, redact_url(cfg.url))  # no tokens in logs
+            self.last_error = reason
             if self._stopping:
                 break
             delay = cfg.backoff_s(attempt, random.random())
@@ -402,9 +507,13 @@ class _FeedPartition(StatefulSourcePartition[FeedItem, FeedPosition]):
         self._stop = stop
         self._ends_at = None if config.duration_s is None else time.monotonic() + config.duration_s
         self._done = False
-        self._queue = _FrameQueue(config.queue_size, counters)
+        self._queue = _FrameQueue(config.queue_size, config.queue_bytes, counters)
         self._reader: _Reader | None = _Reader(config, self._queue, counters)
         self._reader.start()
+
+    def queued(self) -> tuple[int, int]:
+        """Frames and bytes waiting in the queue now."""
+        return len(self._queue), self._queue.nbytes
 
     def _records(self) -> int:
         return self._counters.ticks + self._counters.rejected
@@ -434,10 +543,25 @@ class _FeedPartition(StatefulSourcePartition[FeedItem, FeedPosition]):
                 f"message over max_message_bytes={frame.limit:,}: the connection was closed "
                 f"(1009) and reopened; {frame.detail}"
             )
+            if self._config.bad_rows == "error":
+                self._stop_reader()
+                raise FeedError(f"feed {name}: message {seq}: {reason} (--bad-rows error)")
             out.append(dead_letter(name, seq, None, reason, None))
             c.rejected += 1
             return
-        ticks, errors = self._parser.parse_frame(frame)
+        try:
+            ticks, errors = self._parser.parse_frame(frame)
+        except Exception as err:  # a parser bug must cost one message, not the run
+            ticks, errors = [], [Rejected(None, f"cannot map message: {type(err).__name__}: {err}")]
+        if errors and self._config.bad_rows == "error":
+            self._stop_reader()
+            bad = errors[0]
+            where = (
+                f"message {seq}" if bad.element is None else f"message {seq}, element {bad.element}"
+            )
+            shown = raw_text(bad.raw if bad.raw is not None else frame) or ""
+            msg = f"feed {name}: {where}: {bad.reason} (message {shown[:80]!r}; --bad-rows error)"
+            raise FeedError(msg.replace("\n", " "))
         add = self._batcher.add
         for tick in ticks:
             full = add(*tick)
@@ -445,8 +569,8 @@ class _FeedPartition(StatefulSourcePartition[FeedItem, FeedPosition]):
                 out.append(TickBatch(full, name, self._batches))
                 self._batches += 1
         c.ticks += len(ticks)
-        for element, reason in errors:
-            out.append(dead_letter(name, seq, element, reason, frame))
+        for element, reason, raw in errors:
+            out.append(dead_letter(name, seq, element, reason, frame if raw is None else raw))
         c.rejected += len(errors)
         if not ticks and not errors:
             c.ignored += 1
@@ -455,8 +579,16 @@ class _FeedPartition(StatefulSourcePartition[FeedItem, FeedPosition]):
     def next_batch(self) -> list[FeedItem]:
         if self._done:
             raise StopIteration
+        reader = self._reader
+        if reader is not None and reader.fatal is not None:
+            self._stop_reader()
+            raise FeedError(reader.fatal)
         now = time.monotonic()
         stopping = self._stopping(now)
+        if stopping and reader is not None and self._counters.connects == 0:
+            self._stop_reader()
+            why = "" if reader.last_error is None else f"; last error: {reader.last_error}"
+            raise FeedError(f"feed {self._config.name}: stopped without ever connecting{why}")
         if stopping:
             self._stop_reader()  # nothing more arrives: the queue below is all there is
         frames = self._queue.take(None if stopping else self._config.max_rows)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -90,6 +90,12 @@ def _feed_options(p: argparse.ArgumentParser) -> None:
         "--max-latency-ms", type=float, default=50.0, help="a tick waits at most this long (50)"
     )
     p.add_argument("--queue-size", type=int, default=65_536, help="frames between socket and flow")
+    p.add_argument(
+        "--queue-bytes",
+        type=int,
+        default=32 << 20,
+        help="bytes between socket and flow (32 MiB); full when either bound is reached",
+    )
     p.add_argument(
         "--when-full",
         choices=("block", "drop-oldest"),
@@ -439,8 +445,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def feed_config(args: argparse.Namespace) -> Any:
-    """FeedConfig from the ``feed`` command's options (validated, with clear messages)."""
+def feed_config(args: argparse.Namespace, bad_rows: Literal["drop", "error"] = "drop") -> Any:
+    """FeedConfig from the ``feed`` command's options (validated, with clear messages);
+    ``bad_rows`` is the job's policy (``--bad-rows``), which the feed applies to its messages."""
     from tickpool.connectors.websocket_source import FeedConfig
 
     return FeedConfig(
@@ -450,7 +457,9 @@ def feed_config(args: argparse.Namespace) -> Any:
         max_rows=args.max_rows,
         max_latency_ms=args.max_latency_ms,
         queue_size=args.queue_size,
+        queue_bytes=args.queue_bytes,
         when_full=args.when_full,
+        bad_rows=bad_rows,
         max_message_bytes=args.max_message_bytes,
         max_ticks=args.max_ticks,
         duration_s=args.duration,
@@ -462,9 +471,10 @@ def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
     """While active, SIGINT and SIGTERM set ``stop`` instead of raising KeyboardInterrupt.
 
     Bytewax runs Python signal handlers between steps (``check_signals``); ours only sets
-    the event, so the dataflow is not torn down: the feed source sees the event, drains what
-    it holds and ends its partition, the flow reaches EOF, the window job emits its final
-    statistics and returns its buffers, and the sinks flush and close. A second Ctrl-C
+    the event, so the dataflow is not torn down: the live source (``feed``'s WebSocket or
+    ``kafka-feed``'s partitions) sees the event, drains what it holds and ends its partition,
+    the flow reaches EOF, the window job emits its final statistics and returns its buffers,
+    and the sinks flush and close. A second Ctrl-C
     raises KeyboardInterrupt at once (abort, as before). Only in the main thread (Python
     allows handlers there only); elsewhere it changes nothing.
     """
@@ -500,12 +510,12 @@ def run_feed(
     observer = RunObserver()
     flow = build_feed_flow(config, feed, observer=observer, stop=stop)
     with stop_on_signals(stop):
-        return run_job(flow, config, observer, total=None, quiet=quiet, label=f"feed {feed.url}")
+        return run_job(flow, config, observer, total=None, quiet=quiet, label=f"feed {feed.name}")
 
 
 def cmd_feed(args: argparse.Namespace) -> int:
     config = job_config(args)
-    feed = feed_config(args)
+    feed = feed_config(args, config.bad_rows)
     run_feed(config, feed, quiet=args.quiet)
     return 0
 
@@ -645,10 +655,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # one line for the user; the traceback on request
         if os.environ.get("TICKPOOL_TRACEBACK"):
             raise
-        msg = str(err).strip().splitlines()
-        detail = next((line for line in reversed(msg) if line.strip()), type(err).__name__)
-        print(f"tickpool: error: {detail}", file=sys.stderr)
+        print(f"tickpool: error: {error_line(err)}", file=sys.stderr)
         return 2
+
+
+def error_line(err: BaseException) -> str:
+    """The one line to show for ``err``: Bytewax's wrappers (``error calling ... in step``)
+    are peeled off down to the error a step raised, whose last non-empty line is shown."""
+    while type(err).__module__.startswith("bytewax") and err.__cause__ is not None:
+        err = err.__cause__
+    lines = str(err).strip().splitlines()
+    return next((line for line in reversed(lines) if line.strip()), type(err).__name__)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -31,12 +31,14 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from tickpool.connectors.arrow_source import ArrowReplaySource
 from tickpool.connectors.metrics import PrometheusStatsSink
 from tickpool.connectors.sinks import ArrowStreamSink, JsonLinesSink, StdoutSink
-from tickpool.connectors.websocket_source import FeedConfig, FeedItem, WebSocketSource
 from tickpool.operators.dataflow import WindowStreams, shard_batches, window_predict
 from tickpool.operators.items import DeadLetter, TickBatch, prediction_schema
 from tickpool.operators.models import resolve_model
 from tickpool.pipeline.config import PipelineConfig
 from tickpool.pipeline.pool import BufferPool
+
+if TYPE_CHECKING:  # the live feed (and websockets) is imported by build_feed_flow only
+    from tickpool.connectors.websocket_source import FeedConfig, FeedItem
 
 __all__ = [
     "RunObserver",
@@ -144,6 +146,8 @@ def build_feed_flow(
         observer: receives row counts and stats records (for progress and summaries).
         stop: set it to end the run cleanly (the source drains, the flow reaches EOF).
     """
+    from tickpool.connectors.websocket_source import WebSocketSource
+
     flow = Dataflow("tickpool_feed")
     source = WebSocketSource(
         feed,

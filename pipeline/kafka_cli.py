@@ -20,7 +20,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tickpool.pipeline.cli import add_job_options, job_config, run_job
+from tickpool.pipeline.cli import (
+    add_job_options,
+    error_line,
+    job_config,
+    run_job,
+    stop_on_signals,
+)
 
 __all__ = ["cmd_kafka_feed", "cmd_publish", "main", "register"]
 
@@ -95,7 +101,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
 
 def cmd_kafka_feed(args: argparse.Namespace) -> int:
     """Consume ``--topic`` and run the window job until interrupted (or the end, with
-    ``--stop-at-end``)."""
+    ``--stop-at-end``). Ctrl-C or SIGTERM stops cleanly, as for ``feed``: each partition ends
+    at its next poll, the sinks flush, the final statistics are written, files are closed."""
     from tickpool.pipeline.flow import RunObserver
     from tickpool.pipeline.kafka_flow import KafkaSettings, build_kafka_flow
 
@@ -112,8 +119,10 @@ def cmd_kafka_feed(args: argparse.Namespace) -> int:
         options=tuple(args.kafka_option),
     )
     observer = RunObserver()
-    flow = build_kafka_flow(config, kafka, observer=observer)
-    run_job(flow, config, observer, total=None, quiet=args.quiet, label=f"kafka {args.topic}")
+    stop = threading.Event()
+    flow = build_kafka_flow(config, kafka, observer=observer, stop=stop)
+    with stop_on_signals(stop):
+        run_job(flow, config, observer, total=None, quiet=args.quiet, label=f"kafka {args.topic}")
     # the source's counters are per process, repeated in every shard's record
     undecodable = max((r.get("kafka_undecodable", 0) for r in observer.latest.values()), default=0)
     if not args.quiet and undecodable:
@@ -195,9 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # one line for the user; the traceback on request
         if os.environ.get("TICKPOOL_TRACEBACK"):
             raise
-        lines = str(err).strip().splitlines()
-        detail = next((line for line in reversed(lines) if line.strip()), type(err).__name__)
-        print(f"tickpool: error: {detail}", file=sys.stderr)
+        print(f"tickpool: error: {error_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -20,6 +20,7 @@ Run either with ``tickpool kafka-feed`` / ``tickpool publish`` or as a Bytewax c
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -186,7 +187,11 @@ class PublishSettings:
 
 
 def build_kafka_flow(
-    config: PipelineConfig, kafka: KafkaSettings, observer: RunObserver | None = None
+    config: PipelineConfig,
+    kafka: KafkaSettings,
+    observer: RunObserver | None = None,
+    *,
+    stop: threading.Event | None = None,
 ) -> Dataflow:
     """The window job fed from Kafka: ``kafka.topic`` in, ``config``'s sinks (and Kafka) out.
 
@@ -194,6 +199,8 @@ def build_kafka_flow(
         config: the window job and its sinks (``sources`` and ``speed`` are not used).
         kafka: brokers, topics, payload formats.
         observer: receives row counts and stats records.
+        stop: set it to end the run cleanly (each partition ends at its next poll, the flow
+            reaches EOF: sinks flushed, final statistics written).
 
     Raises:
         KafkaUnavailable: confluent-kafka is not installed.
@@ -205,12 +212,13 @@ def build_kafka_flow(
         payload=kafka.payload,
         ts=config.ts_column,
         symbol=config.symbol_column,
-        values=(config.value,),
+        price=config.value,
         bad_rows=config.bad_rows,
         tail=kafka.tail,
         start_at=kafka.start_at,
         batch_size=kafka.batch_size,
         add_config=kafka.add_config(),
+        stop=stop,
     )
     items = op.input("kafka_ticks", flow, source)
     decoded = op.branch("decoded", items, lambda item: isinstance(item, TickBatch))

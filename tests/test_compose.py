@@ -41,6 +41,7 @@ def exported_metrics() -> set[str]:
         ),
         **dict.fromkeys(["predictions", "dead_letters"], 1),
         **dict.fromkeys(["latency_ms_p50", "latency_ms_p90", "latency_ms_p99"], 1.0),
+        **dict.fromkeys(["kafka_messages", "kafka_undecodable", "feed_rejected"], 1),
     }
     part.write_batch([("0", record)])
     text = generate_latest(registry).decode()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tickpool.connectors.feed_messages import (
     RAW_TEXT_LIMIT,
     FeedParser,
+    MessageError,
     MicroBatcher,
     dead_letter,
     parse_iso_ns,
@@ -118,6 +119,10 @@ def test_coinbase_control_messages_are_ignored_not_rejected() -> None:
         (COINBASE, b'{"product_id": "A", "price": "1"}', "type=None"),
         (COINBASE, b'[{"type": "ticker"}]', "message is a JSON list, expected an object"),
         (COINBASE, b'{"type": "ticker", "product_id": "A", "price": "1"}', "missing field 'time'"),
+        (COINBASE, b'{"type": ["ticker"], "product_id": "A"}', "type is list, expected a string"),
+        (COINBASE, b'{"type": {"a": 1}, "product_id": "A"}', "type is dict, expected a string"),
+        (COINBASE, b'{"type": 7, "product_id": "A"}', "type is int, expected a string"),
+        (GENERIC, b'{"ts": "2024-01-02", "symbol": "A", "price": 1}', "is not ISO-8601"),
     ],
 )
 def test_bad_messages_say_why(parser: FeedParser, raw: bytes, reason: str) -> None:
@@ -126,6 +131,55 @@ def test_bad_messages_say_why(parser: FeedParser, raw: bytes, reason: str) -> No
     assert len(errors) == 1
     assert errors[0][0] is None
     assert reason in errors[0][1]
+
+
+INT64_EDGES = [
+    (2**63 - 1, True),
+    (-(2**63) + 1, True),
+    (2**63, False),
+    (-(2**63), False),
+    ("2262-04-11T23:47:16.854775807Z", True),
+    ("2262-04-11T23:47:16.854775808Z", False),
+    ("1677-09-21T00:12:43.145224193Z", True),
+    ("1677-09-21T00:12:43.145224192Z", False),
+    ("9999-12-31T23:59:59Z", False),
+    ("0001-01-01T00:00:00Z", False),
+    ("2262-04-12T00:00:00+01:00", True),  # 2262-04-11T23:00Z: inside once the offset applies
+]
+
+
+@pytest.mark.parametrize(("ts", "fits"), INT64_EDGES)
+def test_ts_outside_int64_nanoseconds_is_rejected_and_the_batch_survives(
+    ts: int | str, fits: bool
+) -> None:
+    batcher = MicroBatcher(max_rows=100, max_latency_ms=50)
+    batcher.add(1, "A", 1.0, None)  # a pending tick the bad one must not take down
+    ticks, errors = GENERIC.parse_frame(orjson.dumps({"ts": ts, "symbol": "A", "price": 1.0}))
+    if fits:
+        assert errors == []
+        for tick in ticks:
+            batcher.add(*tick)
+    else:
+        assert ticks == []
+        assert "out of the int64 nanosecond range" in errors[0].reason
+    batch = batcher.flush()
+    assert batch is not None and batch.num_rows == (2 if fits else 1)
+
+
+def test_batcher_refuses_an_out_of_range_ts_and_keeps_its_pending_ticks() -> None:
+    b = MicroBatcher(max_rows=10, max_latency_ms=50)
+    b.add(5, "A", 1.0, None)
+    with pytest.raises(ValueError, match="out of the int64 nanosecond range"):
+        b.add(2**63, "A", 1.0, None)
+    batch = b.flush()
+    assert batch is not None and batch.column("ts").cast(pa.int64()).to_pylist() == [5]
+
+
+def test_iso_offsets_of_hours_only_are_read_and_a_date_alone_is_not() -> None:
+    assert parse_iso_ns("2024-03-01T15:00:00+05") == parse_iso_ns("2024-03-01T10:00:00Z")
+    assert parse_iso_ns("2024-03-01T05:00:00-05") == parse_iso_ns("2024-03-01T10:00:00Z")
+    with pytest.raises(MessageError, match="is not ISO-8601"):
+        parse_iso_ns("2024-03-01")
 
 
 def test_array_frame_keeps_good_elements_and_rejects_bad_ones() -> None:
@@ -139,9 +193,11 @@ def test_array_frame_keeps_good_elements_and_rejects_bad_ones() -> None:
     )
     ticks, errors = GENERIC.parse_frame(frame)
     assert ticks == [(1, "A", 1.0, None), (3, "B", 2.5, 3.0)]
-    assert [e[0] for e in errors] == [1, 2]
-    assert "missing field 'price'" in errors[0][1]
-    assert "array element is int" in errors[1][1]
+    assert [e.element for e in errors] == [1, 2]
+    assert "missing field 'price'" in errors[0].reason
+    assert "array element is int" in errors[1].reason
+    # Each dead letter carries its own element, not the frame.
+    assert [e.raw for e in errors] == [b'{"ts":2,"symbol":"A"}', b"7"]
 
 
 def test_unknown_preset_is_a_clear_error() -> None:
@@ -263,6 +319,10 @@ def test_batch_schema_is_what_the_window_job_reads() -> None:
         ({"max_latency_ms": 0}, "max_latency_ms must be > 0; got 0"),
         ({"duration_s": -1.0}, "duration_s must be > 0 seconds or None"),
         ({"reconnect_max_s": 0.01}, "reconnect_max_s (0.01) must be >= reconnect_initial_s"),
+        ({"queue_bytes": 0}, "queue_bytes must be an integer >= 1; got 0"),
+        ({"queue_bytes": 1000}, "queue_bytes (1,000) must be >= max_message_bytes (1,048,576)"),
+        ({"bad_rows": "skip"}, "bad_rows must be 'drop' or 'error'; got 'skip'"),
+        ({"url": "ws://u:tok@[bad"}, "feed url must be ws://"),
     ],
 )
 def test_feed_config_rejects_bad_settings_clearly(changes: dict[str, object], message: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tickpool.connectors.feed_messages import RAW_TEXT_LIMIT, FeedParser, MessageError
 from tickpool.connectors.kafka_codecs import (
     JsonTickBatcher,
     KafkaDecodeError,
@@ -108,23 +109,29 @@ def test_json_ticks_round_trip_one_tick_per_message(batch: pa.RecordBatch) -> No
     item = batcher.flush()
     assert item is not None
     assert item.source == "kafka:ticks/0" and item.index == 0
-    assert item.batch.equals(batch)
+    for name in ("ts", "symbol", "price"):
+        assert item.batch.column(name).equals(batch.column(name))
+    assert item.batch.column("size").null_count == batch.num_rows  # no size in these ticks
     assert batcher.flush() is None  # flushed means empty
 
 
-def test_nan_and_infinite_prices_travel_as_json_null() -> None:
+def test_nan_and_infinite_prices_travel_as_json_null_and_are_dead_lettered() -> None:
     batch = pa.record_batch(
         {
-            "ts": pa.array([1, 2], pa.int64()).view(UTC_NS),
-            "symbol": ["A", "A"],
-            "price": [float("nan"), float("inf")],
+            "ts": pa.array([1, 2, 3], pa.int64()).view(UTC_NS),
+            "symbol": ["A", "A", "A"],
+            "price": [float("nan"), float("inf"), 1.5],
         }
     )
     batcher = JsonTickBatcher()
-    for value in encode_json_ticks(batch):
-        batcher.add(value, REF)
+    letters = [d for value in encode_json_ticks(batch) for d in batcher.add(value, REF)]
+    assert [d.value for d in letters] == [
+        '{"ts":1,"symbol":"A","price":null}',
+        '{"ts":2,"symbol":"A","price":null}',
+    ]
+    assert all("price is NoneType, expected a number" in d.reason for d in letters)
     item = batcher.flush()
-    assert item is not None and item.batch.column("price").to_pylist() == [None, None]
+    assert item is not None and item.batch.column("price").to_pylist() == [1.5]
 
 
 def test_a_json_array_message_carries_many_ticks() -> None:
@@ -139,7 +146,8 @@ def test_json_ticks_take_iso_times_and_decimal_strings() -> None:
     ticks = [
         {"ts": "2024-01-02T14:30:00.123456789Z", "symbol": "BTC-USD", "price": "42000.50"},
         {"ts": "2024-01-02T15:30:00+01:00", "symbol": "BTC-USD", "price": 42001},
-        {"ts": "2024-01-02T14:30:01", "symbol": "BTC-USD", "price": None},  # no zone: UTC
+        {"ts": "2024-01-02T14:30:01", "symbol": "BTC-USD", "price": 3},  # no zone: UTC
+        {"ts": "2024-01-02T19:30:02+05", "symbol": "BTC-USD", "price": 4, "size": "0.5"},
     ]
     batcher = JsonTickBatcher()
     assert batcher.add(orjson.dumps(ticks), REF) == []
@@ -148,18 +156,80 @@ def test_json_ticks_take_iso_times_and_decimal_strings() -> None:
     ts = item.batch.column("ts")
     assert ts.type == UTC_NS
     base = 1_704_205_800 * 10**9
-    assert ts.cast(pa.int64()).to_pylist() == [base + 123_456_789, base, base + 10**9]
-    assert item.batch.column("price").to_pylist() == [42000.5, 42001.0, None]
+    assert ts.cast(pa.int64()).to_pylist() == [
+        base + 123_456_789,
+        base,
+        base + 10**9,
+        base + 2 * 10**9,
+    ]
+    assert item.batch.column("price").to_pylist() == [42000.5, 42001.0, 3.0, 4.0]
+    assert item.batch.column("size").to_pylist() == [None, None, None, 0.5]
 
 
 def test_json_fields_are_configurable_and_others_ignored() -> None:
-    batcher = JsonTickBatcher(ts="time", symbol="product_id", values=("bid", "ask"))
+    batcher = JsonTickBatcher(ts="time", symbol="product_id", price="bid", size="qty")
     value = b'{"time": 5, "product_id": "X", "bid": 1, "ask": "2", "type": "ticker"}'
     assert batcher.add(value, REF) == []
     item = batcher.flush()
     assert item is not None
-    assert item.batch.schema.names == ["time", "product_id", "bid", "ask"]
-    assert item.batch.to_pylist()[0]["ask"] == 2.0
+    assert item.batch.schema.names == ["time", "product_id", "bid", "qty"]
+    assert item.batch.to_pylist()[0]["bid"] == 1.0
+
+
+def test_one_out_of_range_ts_costs_only_its_own_tick() -> None:
+    good = [orjson.dumps({"ts": i, "symbol": "A", "price": float(i)}) for i in range(5)]
+    bad = orjson.dumps({"ts": 2**64 - 1, "symbol": "A", "price": 1.0})  # orjson reads it as int
+    messages = [*good[:3], bad, *good[3:]]
+    items = TickDecoder().decode((v, MessageRef("t", 0, o)) for o, v in enumerate(messages))
+    batches = [i for i in items if isinstance(i, TickBatch)]
+    (letter,) = [i for i in items if isinstance(i, DeadLetter)]
+    assert [b.batch.num_rows for b in batches] == [5]
+    assert letter.batch == 3 and "out of the int64 nanosecond range" in letter.reason
+    assert letter.value == bad.decode()
+
+
+# The WebSocket feed and Kafka JSON read a tick by one set of rules: same ticks, same reasons.
+AGREEMENT = [
+    {"ts": 5, "symbol": "A", "price": 1.5, "size": 2},
+    {"ts": "2024-01-02T14:30:00.5+05", "symbol": "A", "price": "1.5"},
+    {"ts": "2024-01-02T14:30:00-0130", "symbol": "A", "price": 1},
+    {"ts": "2024-01-02", "symbol": "A", "price": 1},
+    {"ts": "9999-12-31T23:59:59Z", "symbol": "A", "price": 1},
+    {"ts": -(2**63), "symbol": "A", "price": 1},
+    {"ts": 2**63, "symbol": "A", "price": 1},
+    {"ts": 5, "symbol": "A", "price": "nan"},
+    {"ts": 5, "symbol": "A", "price": None},
+    {"ts": 5, "symbol": "A"},
+    {"ts": 5, "symbol": "A", "price": 1, "size": "big"},
+]
+
+
+@pytest.mark.parametrize("tick", AGREEMENT)
+def test_kafka_json_and_the_websocket_feed_agree_on_every_tick(tick: dict[str, Any]) -> None:
+    raw = orjson.dumps(tick)
+    try:
+        expected: Any = FeedParser("generic").parse(raw)
+    except MessageError as err:
+        expected = str(err)
+    batcher = JsonTickBatcher()
+    letters = batcher.add(raw, REF)
+    item = batcher.flush()
+    if isinstance(expected, str):
+        (letter,) = letters
+        assert item is None
+        assert letter.reason == f"{REF}, tick 0: {expected}"
+    else:
+        assert letters == [] and item is not None
+        got = item.batch.to_pylist()
+        assert [
+            (
+                r["ts"].value if hasattr(r["ts"], "value") else r["ts"],
+                r["symbol"],
+                r["price"],
+                r["size"],
+            )
+            for r in got
+        ] == [(t[0], t[1], t[2], t[3]) for t in expected]
 
 
 # -- dead letters and errors ---------------------------------------------------------------------
@@ -210,20 +280,22 @@ def test_an_undecodable_message_becomes_a_dead_letter_with_its_reason(
     assert letter.reason.startswith("Kafka topic 'ticks', partition 3, offset 41: ")
     assert found in letter.reason and "expected" in letter.reason
     if value:
-        assert letter.value == value[:1000].decode("utf-8", errors="replace")
+        assert letter.value == value[:RAW_TEXT_LIMIT].decode("utf-8", errors="replace")
     assert orjson.dumps(letter.to_dict())  # writable by the dead-letter sink
 
 
 BAD_TICKS = [
-    pytest.param({"symbol": "A", "price": 1}, "ts is missing", id="no-ts"),
-    pytest.param({"ts": True, "symbol": "A", "price": 1}, "ts is a boolean", id="bool-ts"),
-    pytest.param({"ts": 1.7e18, "symbol": "A", "price": 1}, "ambiguous units", id="float-ts"),
-    pytest.param({"ts": "yesterday", "symbol": "A", "price": 1}, "ts is 'yesterday'", id="bad-iso"),
-    pytest.param({"ts": 1, "price": 1}, "symbol is missing", id="no-symbol"),
+    pytest.param({"symbol": "A", "price": 1}, "missing field 'ts'", id="no-ts"),
+    pytest.param({"ts": True, "symbol": "A", "price": 1}, "ts is bool", id="bool-ts"),
+    pytest.param({"ts": 1.7e18, "symbol": "A", "price": 1}, "ts is float", id="float-ts"),
+    pytest.param({"ts": "yesterday", "symbol": "A", "price": 1}, "ts 'yesterday' is not", id="iso"),
+    pytest.param({"ts": 1, "price": 1}, "missing field 'symbol'", id="no-symbol"),
     pytest.param({"ts": 1, "symbol": "", "price": 1}, "symbol is ''", id="empty-symbol"),
-    pytest.param({"ts": 1, "symbol": "A", "price": "n/a"}, "price is the text 'n/a'", id="text"),
-    pytest.param({"ts": 1, "symbol": "A", "price": [1]}, "price is a JSON list", id="list-price"),
-    pytest.param(7, "the array holds a JSON int", id="not-an-object"),
+    pytest.param({"ts": 1, "symbol": "A", "price": "n/a"}, "price 'n/a' is not a", id="text"),
+    pytest.param({"ts": 1, "symbol": "A", "price": [1]}, "price is list", id="list-price"),
+    pytest.param({"ts": 1, "symbol": "A"}, "missing field 'price'", id="no-price"),
+    pytest.param({"ts": 2**64 - 1, "symbol": "A", "price": 1}, "int64 nanosecond", id="big-ts"),
+    pytest.param(7, "array element is int, expected an object", id="not-an-object"),
 ]
 
 
@@ -264,7 +336,7 @@ def test_bad_rows_error_raises_instead_of_dead_lettering() -> None:
     decoder = TickDecoder(bad_rows="error")
     with pytest.raises(KafkaDecodeError, match="offset 41: neither an Arrow IPC stream"):
         decoder.decode([(b"nonsense", REF)])
-    with pytest.raises(KafkaDecodeError, match="offset 41, tick 0: symbol is missing"):
+    with pytest.raises(KafkaDecodeError, match="offset 41, tick 0: missing field 'symbol'"):
         decoder.decode([(b'{"ts": 1, "price": 1}', REF)])
 
 
@@ -312,6 +384,9 @@ def test_predictions_round_trip_as_arrow_and_json_lines(horizon: int, n: int, fm
 def test_bad_prediction_lines_name_the_message() -> None:
     with pytest.raises(KafkaDecodeError, match="offset 41: lines with the fields"):
         decode_predictions(b'{"yhat": 1.0}\n', "json", REF)
+    big_ts = b'{"ts": 18446744073709551615, "symbol": "A", "yhat": 1.0}\n'
+    with pytest.raises(KafkaDecodeError, match="offset 41: a ts column that does not convert"):
+        decode_predictions(big_ts, "json", REF)
 
 
 def test_keyed_split_keeps_each_symbols_order_and_passes_one_symbol_whole() -> None:

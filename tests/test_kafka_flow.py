@@ -34,6 +34,7 @@ from tickpool.pipeline.kafka_flow import (
     KafkaSettings,
     PublishSettings,
     build_kafka_flow,
+    build_publish_flow,
 )
 
 
@@ -92,6 +93,28 @@ def test_a_partition_turns_each_poll_into_batches_and_keeps_bytewaxs_offset() ->
     assert counters.snapshot() == {"kafka_messages": 4, "kafka_undecodable": 1}
     part.close()
     assert inner.closed
+
+
+def test_a_stop_request_ends_each_partition_at_its_next_poll() -> None:
+    import threading
+
+    inner = _FakeKafkaPartition([[_msg(0, _tick(0)), _msg(1, _tick(1))], [_msg(2, _tick(2))]])
+    stop = threading.Event()
+    part = _TickPartition(inner, TickDecoder(), KafkaCounters(), stop)
+    (batch,) = part.next_batch()
+    assert isinstance(batch, TickBatch) and batch.batch.num_rows == 2
+    stop.set()
+    with pytest.raises(StopIteration):
+        part.next_batch()
+    assert part.snapshot() == 2  # resumes right after what was handed out
+    part.close()
+    assert inner.closed
+
+
+def test_compose_forwards_sigterm_to_the_python_services() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text()
+    anchor = text.split("x-python: &python", 1)[1].split("\nservices:", 1)[0]
+    assert "init: true" in anchor
 
 
 def test_without_confluent_kafka_the_package_imports_and_says_what_to_install() -> None:
@@ -251,3 +274,67 @@ def test_ticks_through_a_mock_kafka_cluster_match_a_file_replay(
     fmt: Any, mock_bootstrap: str, tmp_path: Path
 ) -> None:
     kafka_round_trip(mock_bootstrap, tmp_path, fmt, partitions=None)
+
+
+@pytest.mark.slow
+def test_kafka_feed_stops_cleanly_on_sigint_with_final_stats_and_closed_outputs(
+    mock_bootstrap: str, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import time
+    import uuid
+
+    from bytewax.testing import run_main
+
+    from tickpool.connectors.synthetic import write_ticks
+
+    topic = f"tickpool-stop-{uuid.uuid4().hex[:12]}"
+    ticks = tmp_path / "ticks.arrow"
+    write_ticks(ticks, 5_000, 3, seed=3, batch_rows=1_000)
+    run_main(build_publish_flow(PublishSettings(str(ticks), mock_bootstrap, topic)))
+    out, stats = tmp_path / "out", tmp_path / "stats.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tickpool.pipeline.kafka_cli",
+            "kafka-feed",
+            "--bootstrap",
+            mock_bootstrap,
+            "--topic",
+            topic,
+            "--window",
+            "8",
+            "--out",
+            str(out),
+            "--stats",
+            str(stats),
+            "--stats-interval",
+            "600",
+            "--quiet",
+        ],
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        predictions = out / "predictions-0.arrows"
+        while not (predictions.exists() and predictions.stat().st_size > 0):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "kafka-feed made no predictions in time"
+            time.sleep(0.05)
+        time.sleep(2.0)  # caught up with the (small) topic: now tailing it
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "SIGINT: finishing the batches in flight" in err
+    record = orjson.loads(stats.read_bytes().splitlines()[-1])  # written at EOF: a clean stop
+    assert record["ticks"] == 5_000 and record["leased"] == 0
+    data = predictions.read_bytes()
+    assert data.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")  # the stream was closed
+    assert pa.ipc.open_stream(data).read_all().num_rows == record["predictions"]

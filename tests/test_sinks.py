@@ -405,8 +405,28 @@ def test_prometheus_exposes_a_live_sources_counters_when_records_carry_them() ->
     sink = PrometheusStatsSink(0, registry=CollectorRegistry())
     partition = sink.build("stats", 0, 1)
     partition.write_batch([STATS])
-    assert "tickpool_feed_reconnects_total{" not in scrape(sink.port)  # replay: no feed gauges
+    assert "tickpool_feed_reconnects_total{" not in scrape(sink.port)  # no per-worker feed gauges
     partition.write_batch([{**STATS, "feed_received": 1000, "feed_reconnects": 2}])
     text = scrape(sink.port)
-    assert metric(text, "tickpool_feed_received_total", 'worker="0"') == 1000
-    assert metric(text, "tickpool_feed_reconnects_total", 'worker="0"') == 2
+    assert unlabelled(text, "tickpool_feed_received_total") == 1000
+    assert unlabelled(text, "tickpool_feed_reconnects_total") == 2
+
+
+def unlabelled(text: str, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert found, f"{name} not exposed without labels"
+    return float(found.group(1))
+
+
+def test_a_live_sources_counters_are_exported_once_per_process_not_per_worker() -> None:
+    # Two workers' records repeat the process's counters: sum() must not count them twice.
+    sink = PrometheusStatsSink(0, registry=CollectorRegistry())
+    partition = sink.build("stats", 0, 2)
+    source = {"feed_rejected": 5, "kafka_undecodable": 3}
+    partition.write_batch([("0", {**STATS, "worker": "0", **source})])
+    partition.write_batch([("1", {**STATS, "worker": "1", **source})])
+    text = scrape(sink.port)
+    assert not re.search(r"^tickpool_(feed|kafka)_\w+\{", text, re.MULTILINE)
+    assert unlabelled(text, "tickpool_feed_rejected_total") == 5
+    assert unlabelled(text, "tickpool_kafka_undecodable_total") == 3
+    assert metric(text, "tickpool_dead_letters_total", 'worker="1"') == 7  # still per worker

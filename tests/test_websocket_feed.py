@@ -4,6 +4,7 @@ garbage, queue policies, Ctrl-C, and the feed simulator itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -237,8 +238,10 @@ def test_garbage_burst_goes_to_dead_letters_and_an_oversize_frame_reconnects(
     assert "missing field 'price'" in by_raw['{"ts": 5, "symbol": "A"}']["reason"]
     assert all(d["source"] == f"ws://127.0.0.1:{server.port}" for d in dead)
     assert sorted({d["batch"] for d in dead if d["value"] is not None}) == list(range(40, 48))
-    assert [d["row"] for d in dead if d["value"] == "[1, 2, 3]"] == [0, 1, 2]
-    assert "array element is int" in by_raw["[1, 2, 3]"]["reason"]
+    # An array frame's bad elements are dead letters carrying the element, not the frame.
+    elements = [d for d in dead if d["batch"] == 42]
+    assert [(d["row"], d["value"]) for d in elements] == [(0, "1"), (1, "2"), (2, "3")]
+    assert all("array element is int" in d["reason"] for d in elements)
     (too_big,) = [d for d in dead if d["value"] is None]
     assert "max_message_bytes=1,000" in too_big["reason"]
     assert by_raw["{" * 300]["value"] == "{" * 300
@@ -333,7 +336,11 @@ def test_full_queue_policy(tmp_path: Path, policy: str) -> None:
                 assert source.counters.dropped == sent - 16
                 kept = list(range(sent - 16, sent))
             else:
-                time.sleep(0.3)  # nobody drains for a while: the reader waits, loses nothing
+                # Nobody drains: the reader fills the queue to its bound and waits there.
+                wait_for(lambda: part.queued()[0] == 16)
+                for _ in range(10):
+                    time.sleep(0.02)
+                    assert part.queued()[0] == 16
                 items = drain(part, sent)
                 assert source.counters.dropped == 0
                 kept = list(range(sent))
@@ -495,3 +502,241 @@ def test_coinbase_preset_feed_subscribes_and_ignores_control_messages(
     assert stats["feed_ignored"] == 1  # the subscriptions reply: not a tick, not a dead letter
     assert stats["feed_rejected"] == 0
     assert stats["ticks"] == stats["feed_received"] == 1000
+
+
+def test_block_holds_the_queue_at_its_byte_bound_and_loses_nothing() -> None:
+    sent = 2000
+    frames: list[str | bytes] = [tick(i) for i in range(sent)]
+    size = len(frames[0])  # every frame is as long (ts and prices have the same digits)
+    assert all(len(f) == size for f in frames[:1000])
+    with ScriptedServer([frames]) as server:
+        feed = FeedConfig(
+            f"ws://127.0.0.1:{server.port}",
+            queue_size=100_000,  # the frame bound is far off: the byte bound must hold
+            queue_bytes=40 * size + size // 2,
+            max_message_bytes=1000,
+            max_latency_ms=1,
+        )
+        source = WebSocketSource(feed)
+        part = source.build_part("feed", "feed", None)
+        try:
+            wait_for(lambda: part.queued()[0] == 40)
+            for _ in range(10):
+                time.sleep(0.02)
+                assert part.queued() == (40, 40 * size)
+            items = drain(part, sent)
+        finally:
+            part.close()
+    batches = [i.batch for i in items if isinstance(i, TickBatch)]
+    ts = pa.Table.from_batches(batches).column("ts").cast(pa.int64()).to_pylist()
+    assert ts == [1_000 + i for i in range(sent)]
+    assert source.counters.dropped == 0
+
+
+def test_drop_oldest_drops_until_under_the_byte_bound() -> None:
+    frames: list[str | bytes] = [tick(i) for i in range(300)]
+    size = len(frames[0])
+    with ScriptedServer([frames]) as server:
+        feed = FeedConfig(
+            f"ws://127.0.0.1:{server.port}",
+            queue_bytes=10 * size,
+            max_message_bytes=10 * size,
+            when_full="drop-oldest",
+        )
+        source = WebSocketSource(feed)
+        part = source.build_part("feed", "feed", None)
+        try:
+            wait_for(lambda: source.counters.dropped == 290)
+            assert part.queued() == (10, 10 * size)
+        finally:
+            part.close()
+
+
+def test_a_coinbase_type_that_is_not_text_is_a_dead_letter_not_a_crash(tmp_path: Path) -> None:
+    ticker = {"product_id": "A", "price": "1.5", "time": "2024-01-02T03:04:05Z"}
+    frames: list[str | bytes] = [
+        orjson.dumps({"type": "ticker", **ticker}).decode(),
+        orjson.dumps({"type": ["ticker"], **ticker}).decode(),
+        orjson.dumps({"type": {"name": "ticker"}, **ticker}).decode(),
+        orjson.dumps({"type": "ticker", **ticker}).decode(),
+    ]
+    with ScriptedServer([frames]) as server:
+        source = WebSocketSource(FeedConfig(f"ws://127.0.0.1:{server.port}", preset="coinbase"))
+        part = source.build_part("feed", "feed", None)
+        try:
+            items = drain(part, 2)
+            while source.counters.rejected < 2:
+                items.extend(part.next_batch())
+        finally:
+            part.close()
+    letters = [i for i in items if not isinstance(i, TickBatch)]
+    assert [d.reason.split(",")[0] for d in letters] == [
+        "type is list",
+        "type is dict",
+    ]
+
+
+def test_an_unexpected_parser_error_costs_one_message_not_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tickpool.connectors.feed_messages import FeedParser
+
+    real = FeedParser.parse_frame
+
+    def flaky(self: FeedParser, raw: str | bytes) -> Any:
+        if "boom" in str(raw):
+            raise KeyError("surprise")
+        return real(self, raw)
+
+    monkeypatch.setattr(FeedParser, "parse_frame", flaky)
+    frames: list[str | bytes] = [tick(0), '{"boom": 1}', tick(1)]
+    with ScriptedServer([frames]) as server:
+        source = WebSocketSource(FeedConfig(f"ws://127.0.0.1:{server.port}", max_latency_ms=1))
+        part = source.build_part("feed", "feed", None)
+        try:
+            items = drain(part, 2)
+        finally:
+            part.close()
+    (letter,) = [i for i in items if not isinstance(i, TickBatch)]
+    assert letter.reason == "cannot map message: KeyError: 'surprise'"
+    assert letter.value == '{"boom": 1}' and letter.batch == 1
+
+
+def test_bad_rows_error_ends_the_feed_with_one_line_naming_the_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frames: list[str | bytes] = [tick(0), '{"ts": 5, "symbol": "A"}', tick(1)]
+    with ScriptedServer([frames]) as server:
+        rc = main(
+            [
+                "feed",
+                f"ws://127.0.0.1:{server.port}",
+                "--window",
+                "4",
+                "--bad-rows",
+                "error",
+                "--duration",
+                "20",
+                "--quiet",
+            ]
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1] == (
+        f"tickpool: error: feed ws://127.0.0.1:{server.port}: message 1: missing field 'price' "
+        """(message '{"ts": 5, "symbol": "A"}'; --bad-rows error)"""
+    )
+
+
+def test_a_refused_handshake_fails_fast_and_keeps_the_token_out_of_the_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from http import HTTPStatus
+
+    from websockets.http11 import Request, Response
+
+    def refuse(connection: ServerConnection, request: Request) -> Response:
+        return connection.respond(HTTPStatus.FORBIDDEN, "no\n")
+
+    async def serve_forbidden(
+        ready: threading.Event, done: threading.Event, port: list[int]
+    ) -> None:
+        async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=refuse) as s:
+            port.append(next(iter(s.sockets)).getsockname()[1])
+            ready.set()
+            while not done.is_set():
+                await asyncio.sleep(0.02)
+
+    ready, done, port = threading.Event(), threading.Event(), []
+    thread = threading.Thread(target=lambda: asyncio.run(serve_forbidden(ready, done, port)))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        t0 = time.monotonic()
+        rc = main(["feed", f"ws://user:pw@127.0.0.1:{port[0]}/ticks?token=SECRET", "--quiet"])
+        took = time.monotonic() - t0
+    finally:
+        done.set()
+        thread.join(10)
+    err = capsys.readouterr().err
+    assert rc == 2 and took < 10
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"tickpool: error: feed ws://127.0.0.1:{port[0]}/ticks: ")
+    assert "HTTP 403" in last
+    assert "SECRET" not in err and "pw@" not in err
+
+
+def test_a_feed_that_never_connects_does_not_exit_quietly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket_closed_port() as port:
+        rc = main(["feed", f"ws://127.0.0.1:{port}", "--duration", "0.5", "--quiet"])
+    assert rc == 2
+    assert "stopped without ever connecting" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def socket_closed_port() -> Iterator[int]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    yield port  # nothing listens there now: connects are refused
+
+
+def test_replay_never_imports_websockets(tick_file: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['websockets'] = None\n"  # any import of it now fails
+        "from tickpool.pipeline.cli import main\n"
+        f"rc = main(['replay', {str(tick_file)!r}, '--window', '8', '--quiet',"
+        f" '--out', {str(tmp_path / 'out')!r}])\n"
+        "assert 'websockets' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n"
+        "sys.exit(rc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_simulator_closes_clients_with_1000_at_the_end_of_the_file(tick_file: Path) -> None:
+    with FeedServer(tick_file, speed=0) as server:
+
+        async def read_to_the_end() -> tuple[int, ConnectionClosed]:
+            n = 0
+            async with connect(f"ws://127.0.0.1:{server.port}") as ws:
+                try:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 10)
+                        n += 1
+                except ConnectionClosed as closed:
+                    return n, closed
+
+        n, closed = asyncio.run(read_to_the_end())
+    assert n == TICKS
+    assert closed.rcvd is not None
+    assert (closed.rcvd.code, closed.rcvd.reason) == (1000, "end of file")
+
+
+def test_a_stuck_client_is_disconnected_so_it_can_reconnect(tick_file: Path) -> None:
+    with FeedServer(tick_file, speed=0, loop=True, send_timeout_s=0.2) as server:
+
+        async def stall_then_read() -> str:
+            # max_queue=1: the client library stops reading TCP at once, so the server's
+            # sends back up and time out.
+            async with connect(f"ws://127.0.0.1:{server.port}", max_queue=1) as ws:
+                deadline = time.monotonic() + 20
+                while server.clients_timed_out == 0:
+                    assert time.monotonic() < deadline, "the server never timed out a send"
+                    await asyncio.sleep(0.02)
+                try:
+                    while True:  # what was buffered, then the connection's end
+                        await asyncio.wait_for(ws.recv(), 10)
+                except ConnectionClosed:
+                    return "closed"
+                except TimeoutError:
+                    return "left open"
+
+        assert asyncio.run(stall_then_read()) == "closed"
+        assert server.clients_timed_out == 1
