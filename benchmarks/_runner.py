@@ -115,6 +115,38 @@ def _status_kb(pid: int, keys: Sequence[str]) -> dict[str, int]:
     return found
 
 
+def wait_watching_memory(
+    proc: subprocess.Popen[Any], series: list[tuple[float, float, float]] | None = None
+) -> tuple[int, Any, dict[str, int]]:
+    """Wait for ``proc``, sampling its RssAnon and RssFile every ``SAMPLE_S`` seconds.
+
+    Returns its wait status, its rusage and the peak of each (kB). ``series``, if given,
+    receives (seconds since the call, RssAnon MB, RssFile MB) samples, for plots.
+    """
+    peaks = {"RssAnon": 0, "RssFile": 0}
+    done = threading.Event()
+    t0 = time.perf_counter()
+
+    def sample() -> None:
+        while not done.is_set():
+            now = _status_kb(proc.pid, tuple(peaks))
+            for key, kb in now.items():
+                peaks[key] = max(peaks[key], kb)
+            if series is not None and now:
+                anon, file = now.get("RssAnon", 0) / 1024, now.get("RssFile", 0) / 1024
+                series.append((time.perf_counter() - t0, anon, file))
+            time.sleep(SAMPLE_S)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        done.set()
+        sampler.join()
+    return status, usage, peaks
+
+
 def run_variant(variant: str, data: Path, model: Path, *, save: Path | None = None) -> Measurement:
     """Run ``variant`` on ``data`` in a child process; raise with its stderr if it fails."""
     cmd = [sys.executable, "-m", "benchmarks.baselines", variant, "--data", str(data)]
@@ -127,23 +159,8 @@ def run_variant(variant: str, data: Path, model: Path, *, save: Path | None = No
         env.setdefault(name, "1")
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err)
-        peak_anon = 0
-        done = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak_anon
-            while not done.is_set():
-                anon = _status_kb(proc.pid, ("RssAnon",)).get("RssAnon", 0)
-                peak_anon = max(peak_anon, anon)
-                time.sleep(SAMPLE_S)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            done.set()
-            sampler.join()
+        status, usage, peaks = wait_watching_memory(proc)
+        peak_anon = peaks["RssAnon"]
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)

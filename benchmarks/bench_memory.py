@@ -25,13 +25,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks._report import machine_line, markdown_table
-from benchmarks._runner import BLAS_THREAD_VARS, REPO, _status_kb, model_file, tick_file
+from benchmarks._runner import BLAS_THREAD_VARS, REPO, model_file, tick_file, wait_watching_memory
 
 WINDOW = 64
 PLOT_NAME = "memory_over_time.png"  # python -m benchmarks --out DIR/x.md draws it to DIR/
@@ -53,33 +52,9 @@ def sampled(
 
     ``series``, if given, receives (seconds since start, RssAnon MB, RssFile MB) samples.
     """
-    proc = subprocess.Popen(cmd, env=_child_env(), cwd=REPO, stdout=subprocess.DEVNULL)
-    peak = {"RssAnon": 0, "RssFile": 0}
-    done = threading.Event()
     t0 = time.perf_counter()
-
-    def sample() -> None:
-        while not done.is_set():
-            now = _status_kb(proc.pid, ("RssAnon", "RssFile"))
-            for key, kb in now.items():
-                peak[key] = max(peak[key], kb)
-            if series is not None and now:
-                series.append(
-                    (
-                        time.perf_counter() - t0,
-                        now.get("RssAnon", 0) / 1024,
-                        now.get("RssFile", 0) / 1024,
-                    )
-                )
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        done.set()
-        sampler.join()
+    proc = subprocess.Popen(cmd, env=_child_env(), cwd=REPO, stdout=subprocess.DEVNULL)
+    status, usage, peak = wait_watching_memory(proc, series)
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with {os.waitstatus_to_exitcode(status)}")
     return {
