@@ -53,6 +53,7 @@ from tickpool.operators.symbols import split_by_symbol
 
 __all__ = [
     "ARROW_STREAM_MAGIC",
+    "MERGE_ROWS",
     "JsonTickBatcher",
     "KafkaDecodeError",
     "MessageRef",
@@ -345,18 +346,32 @@ ISO-8601 text"
 # -- one poll of one partition ---------------------------------------------------------------------
 
 
+MERGE_ROWS: Final = 65_536
+"""The most ticks :class:`TickDecoder` merges consecutive Arrow messages into (DESIGN.md's
+8k-64k-tick items)."""
+
+
 class TickDecoder:
     """Turns the messages of one partition poll into ``TickBatch`` items and dead letters.
 
-    Arrow payloads pass through as they are (one item per message, zero-copy); the JSON ticks of
-    one poll become one micro-batch (flushed before any Arrow message that follows them, so
-    order is kept). Undecodable messages become :class:`DeadLetter`s (``bad_rows="drop"``) or
-    raise :class:`KafkaDecodeError` (``bad_rows="error"``).
+    Consecutive Arrow messages of one poll with the same schema become one item of at most
+    ``merge_rows`` ticks: producers write small messages (one per symbol and piece, about 128
+    ticks with the publisher's defaults), and the window job wants items of thousands. Merging
+    copies the ticks once (counted in :attr:`copied_rows`); a message alone, or one bigger than
+    ``merge_rows``, passes through zero-copy. A merged item's ``index`` is the offset of its
+    first message, and its rows run on across the messages. The JSON ticks of one poll become
+    one micro-batch. Order is kept: each kind is flushed before a message of the other.
+    Undecodable messages become :class:`DeadLetter`s (``bad_rows="drop"``) or raise
+    :class:`KafkaDecodeError` (``bad_rows="error"``).
 
     Args:
         payload: ``auto`` (by the first bytes), ``arrow`` or ``json``.
         batcher: how JSON ticks map to columns.
         bad_rows: ``drop`` (dead letters) or ``error``.
+        merge_rows: the most ticks in one merged Arrow item (1: never merge).
+
+    Attributes:
+        copied_rows: ticks copied by merging, over the decoder's life.
     """
 
     def __init__(
@@ -364,14 +379,21 @@ class TickDecoder:
         payload: TickPayload = "auto",
         batcher: JsonTickBatcher | None = None,
         bad_rows: str = "drop",
+        merge_rows: int = MERGE_ROWS,
     ) -> None:
         if payload not in ("auto", "arrow", "json"):
             raise ValueError(f"payload must be auto, arrow or json; got {payload!r}")
         if bad_rows not in ("drop", "error"):
             raise ValueError(f"bad_rows must be 'drop' or 'error'; got {bad_rows!r}")
+        if isinstance(merge_rows, bool) or not isinstance(merge_rows, int) or merge_rows < 1:
+            raise ValueError(f"merge_rows must be an integer >= 1; got {merge_rows!r}")
         self.payload = payload
         self.batcher = batcher if batcher is not None else JsonTickBatcher()
         self.bad_rows = bad_rows
+        self.merge_rows = merge_rows
+        self.copied_rows = 0
+        self._arrow: list[tuple[pa.RecordBatch, MessageRef]] = []
+        self._arrow_rows = 0
 
     def decode(
         self, messages: Iterable[tuple[bytes | None, MessageRef]]
@@ -384,13 +406,44 @@ class TickDecoder:
                 if kind == "arrow":
                     batch = decode_arrow(value, ref)
                     self._flush(out)
-                    out.append(TickBatch(batch, ref.source, ref.offset))
+                    self._add_arrow(out, batch, ref)
                 else:
+                    # Tick validation happens in take(), which may raise: flush Arrow first.
+                    self._flush_arrow(out)
                     self._dead(out, self.batcher.take(value, ref))
             except KafkaDecodeError as err:
+                self._flush_arrow(out)  # items stay in message order
                 self._dead(out, [(err, value)])
+        self._flush_arrow(out)
         self._flush(out)
         return out
+
+    def _add_arrow(
+        self, out: list[TickBatch | DeadLetter], batch: pa.RecordBatch, ref: MessageRef
+    ) -> None:
+        pending = self._arrow
+        if pending and (
+            ref.source != pending[0][1].source
+            or self._arrow_rows + batch.num_rows > self.merge_rows
+            or not batch.schema.equals(pending[0][0].schema)
+        ):
+            self._flush_arrow(out)
+        self._arrow.append((batch, ref))
+        self._arrow_rows += batch.num_rows
+
+    def _flush_arrow(self, out: list[TickBatch | DeadLetter]) -> None:
+        pending, self._arrow, self._arrow_rows = self._arrow, [], 0
+        if not pending:
+            return
+        first = pending[0][1]
+        if len(pending) == 1:
+            out.append(TickBatch(pending[0][0], first.source, first.offset))  # zero-copy
+            return
+        table = pa.Table.from_batches([batch for batch, _ in pending]).combine_chunks()
+        self.copied_rows += table.num_rows
+        merged = table.to_batches()  # one chunk per column: one batch (none if no rows)
+        batch = merged[0] if merged else pending[0][0]
+        out.append(TickBatch(batch, first.source, first.offset))
 
     def _flush(self, out: list[TickBatch | DeadLetter]) -> None:
         item = self.batcher.flush()

@@ -76,7 +76,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, TypeAlias
@@ -318,12 +318,19 @@ def _size(frame: _Frame) -> int:
 @dataclass
 class _FrameQueue:
     """A FIFO of frames bounded in frames and in bytes, shared by the reader thread and the
-    worker (one lock). A frame always enters an empty queue."""
+    worker (one lock). A frame always enters an empty queue.
+
+    A refused :meth:`offer` marks the queue as awaited; the next :meth:`take` that frees space
+    then calls ``on_space`` once (outside the lock), so a blocked reader wakes at once instead
+    of polling.
+    """
 
     capacity: int
     capacity_bytes: int
     counters: FeedCounters
     nbytes: int = 0
+    on_space: Callable[[], None] | None = None
+    _awaited: bool = False
     _items: deque[_Frame] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -340,6 +347,7 @@ class _FrameQueue:
         size = _size(frame)
         with self._lock:
             if self._full_for(size):
+                self._awaited = True
                 return False
             self._items.append(frame)
             self.nbytes += size
@@ -363,10 +371,15 @@ class _FrameQueue:
                 out = list(items)
                 items.clear()
                 self.nbytes = 0
-                return out
-            out = [items.popleft() for _ in range(limit)]
-            self.nbytes -= sum(_size(f) for f in out)
-            return out
+            else:
+                out = [items.popleft() for _ in range(limit)]
+                self.nbytes -= sum(_size(f) for f in out)
+            wake = bool(out) and self._awaited
+            if wake:
+                self._awaited = False
+        if wake and self.on_space is not None:
+            self.on_space()
+        return out
 
 
 class _Reader:
@@ -378,6 +391,8 @@ class _Reader:
         self._counters = counters
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._space: asyncio.Event | None = None
+        """Set (in the loop, from the worker's ``take``) when a full queue has room again."""
         self._ready = threading.Event()
         self._stopping = False
         self.fatal: str | None = None
@@ -401,17 +416,31 @@ class _Reader:
             log.warning("feed %s: reader did not stop in %s s", self._config.name, _STOP_JOIN_S)
 
     def _main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
+        # asyncio.Runner tears down completely: remaining tasks cancelled and awaited, async
+        # generators and the default executor shut down, then the loop closed.
         try:
-            self._task = loop.create_task(self._run())
-            self._ready.set()
-            loop.run_until_complete(self._task)
+            with asyncio.Runner() as runner:
+                self._loop = runner.get_loop()
+                runner.run(self._supervise())
         except asyncio.CancelledError:
             pass
         finally:
             self._ready.set()
-            loop.close()
+
+    async def _supervise(self) -> None:
+        self._task = asyncio.current_task()
+        self._space = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._queue.on_space = lambda: self._wake(loop)
+        self._ready.set()
+        await self._run()
+
+    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From the worker thread: the queue has room; wake a reader blocked in :meth:`_put`."""
+        space = self._space
+        if space is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+                loop.call_soon_threadsafe(space.set)
 
     async def _run(self) -> None:
         cfg = self._config
@@ -440,7 +469,9 @@ class _Reader:
                 reason = "the server closed the connection"
             except ConnectionClosed as err:
                 sent = err.sent
-                if sent is not None and sent.code == _CLOSE_CODE_TOO_BIG:
+                # Ours only if we closed first: a server's 1009 that we echoed is not a frame
+                # of ours over the limit (rcvd_then_sent is None when one side sent no close).
+                if sent is not None and sent.code == _CLOSE_CODE_TOO_BIG and not err.rcvd_then_sent:
                     self._counters.oversize += 1
                     await self._put(_Oversize(cfg.max_message_bytes, sent.reason))
                 reason = f"connection lost ({err})"
@@ -475,11 +506,14 @@ class _Reader:
         if self._config.when_full == "drop-oldest":
             self._queue.push_dropping_oldest(frame)
             return
-        wait = 0.0005
+        space = self._space
+        assert space is not None, "the reader's loop is running"
         try:
+            # A refused offer marks the queue awaited, so the next take() that frees room sets
+            # ``space`` (through call_soon_threadsafe): no lost wake-up, no polling.
             while not self._queue.offer(frame):
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, 0.01)
+                await space.wait()
+                space.clear()
         except asyncio.CancelledError:
             self._counters.discarded_at_stop += 1
             raise

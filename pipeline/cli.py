@@ -354,27 +354,13 @@ def run_job(
     if not resuming:
         clear_outputs(config)
     t0 = time.perf_counter()
-    done = threading.Event()
-    with _progress(disable=quiet, endless=total is None) as progress:
-        task = progress.add_task(label, total=total)
-
-        def poll() -> None:
-            while not done.wait(0.2):
-                progress.update(task, completed=observer.rows_read)
-
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        try:
-            cli_main(  # type: ignore[no-untyped-call]
-                flow,
-                workers_per_process=config.workers,
-                epoch_interval=timedelta_s(config.snapshot_interval),
-                recovery_config=recovery,
-            )
-        finally:
-            done.set()
-            poller.join()
-            progress.update(task, completed=observer.rows_read)
+    with observed_progress(observer, label, total=total, quiet=quiet):
+        cli_main(  # type: ignore[no-untyped-call]
+            flow,
+            workers_per_process=config.workers,
+            epoch_interval=timedelta_s(config.snapshot_interval),
+            recovery_config=recovery,
+        )
     summary = summarize_run(observer, time.perf_counter() - t0)
     if not quiet:
         _err.print(_summary_table(summary, config, "replay" if total is not None else "feed"))
@@ -614,6 +600,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.keep:
             _err.print(f"files kept in {work}: predictions in out/, stats.jsonl, model.npz")
     return 0
+
+
+@contextlib.contextmanager
+def observed_progress(
+    observer: Any, label: str, *, total: int | None, quiet: bool = False
+) -> Iterator[None]:
+    """A progress bar on stderr showing ``observer.rows_read`` while the block runs.
+
+    Wrap the ``cli_main`` call of a run in it: a thread polls the observer five times a second,
+    and the bar shows the final count when the block ends (even by an exception). ``total`` is
+    the rows expected (None: a live feed, the count only); ``quiet`` shows nothing.
+    """
+    done = threading.Event()
+    with _progress(disable=quiet, endless=total is None) as progress:
+        task = progress.add_task(label, total=total)
+
+        def poll() -> None:
+            while not done.wait(0.2):
+                progress.update(task, completed=observer.rows_read)
+
+        poller = threading.Thread(target=poll, name="tickpool-progress", daemon=True)
+        poller.start()
+        try:
+            yield
+        finally:
+            done.set()
+            poller.join()
+            progress.update(task, completed=observer.rows_read)
 
 
 def _progress(disable: bool = False, *, endless: bool = False) -> Progress:

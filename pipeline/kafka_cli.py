@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tickpool.pipeline.cli import (
     add_job_options,
     error_line,
     job_config,
+    observed_progress,
     run_job,
     stop_on_signals,
 )
@@ -92,7 +92,12 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
         default="arrow",
         help="arrow: an IPC stream per symbol and piece; json: one tick per message",
     )
-    p.add_argument("--batch-rows", type=int, default=1_024, help="rows per piece (pacing step)")
+    p.add_argument(
+        "--batch-rows",
+        type=int,
+        default=8_192,
+        help="rows per piece (pacing step); a message holds one symbol's share of a piece",
+    )
     p.add_argument("--ts-column", default="ts")
     p.add_argument("--symbol-column", default="symbol")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -154,29 +159,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
     observer = RunObserver()
     flow = build_publish_flow(settings, observer=observer)
     t0 = time.perf_counter()
-    done = threading.Event()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,}"),
-        TimeElapsedColumn(),
-        console=_err,
-        disable=args.quiet,
-    ) as progress:
-        task = progress.add_task(f"publishing to {settings.topic}", total=total)
-
-        def poll() -> None:
-            while not done.wait(0.2):
-                progress.update(task, completed=observer.rows_read)
-
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        try:
-            cli_main(flow, workers_per_process=1)  # type: ignore[no-untyped-call]
-        finally:
-            done.set()
-            poller.join()
-            progress.update(task, completed=observer.rows_read)
+    label = f"publishing to {settings.topic}"
+    with observed_progress(observer, label, total=total, quiet=args.quiet):
+        cli_main(flow, workers_per_process=1)  # type: ignore[no-untyped-call]
     elapsed = time.perf_counter() - t0
     if not args.quiet:
         rate = observer.rows_read / elapsed if elapsed > 0 else 0.0

@@ -159,7 +159,7 @@ class PublishSettings:
         speed: 0 as fast as possible; S > 0 at S times market speed by ``ts_column``.
         format: ``arrow`` (one message per symbol per piece) or ``json`` (one per tick).
         batch_rows: rows per piece of the file (the pacing step; Arrow messages hold at most
-            this many ticks).
+            this many ticks, a piece's share of one symbol).
         ts_column, symbol_column: the pacing column and the key column.
     """
 
@@ -168,7 +168,7 @@ class PublishSettings:
     topic: str
     speed: float = 0.0
     format: PayloadFormat = "arrow"
-    batch_rows: int = 1_024
+    batch_rows: int = 8_192
     ts_column: str = "ts"
     symbol_column: str = "symbol"
     options: tuple[tuple[str, str], ...] = ()

@@ -110,3 +110,21 @@ def _targets(prometheus_yml: str) -> str:
     found = re.findall(r"targets:\s*\[([^\]]*)\]", prometheus_yml)
     assert found, "no static targets in prometheus.yml"
     return " ".join(found)
+
+
+def test_the_tickpool_service_resumes_from_its_offsets_after_a_restart() -> None:
+    compose = COMPOSE.read_text(encoding="utf-8")
+    service = re.search(r"^  tickpool:\n((?:    .*\n|\s*\n)+)", compose, re.MULTILINE)
+    assert service is not None, "no tickpool service in docker-compose.yml"
+    # on the data volume, so it outlives the container
+    assert re.search(r"- --recovery-dir\n\s+- /data/recovery\n", service.group(1))
+
+
+def test_the_topics_forget_old_messages_while_the_simulator_publishes_forever() -> None:
+    compose = COMPOSE.read_text(encoding="utf-8")
+    service = re.search(r"^  topics:\n((?:    .*\n|\s*\n)+)", compose, re.MULTILINE)
+    assert service is not None, "no topics service in docker-compose.yml"
+    created = re.search(r"rpk topic create .*-c retention\.ms=(\d+)", service.group(1))
+    altered = re.search(r"rpk topic alter-config .*--set retention\.ms=(\d+)", service.group(1))
+    assert created is not None and altered is not None  # new topics, and ones already there
+    assert created.group(1) == altered.group(1) == str(3_600_000)

@@ -403,3 +403,52 @@ def test_keyed_split_keeps_each_symbols_order_and_passes_one_symbol_whole() -> N
     ((key, whole),) = split_by_key(one)
     assert key == b"A" and whole is one
     assert split_by_key(batch.slice(0, 0)) == []
+
+
+def _symbol_piece(symbol: str, start: int, rows: int) -> bytes:
+    ts = pa.array(range(start, start + rows), pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
+    symbols = pa.array([symbol] * rows).dictionary_encode()
+    return encode_arrow(pa.record_batch({"ts": ts, "symbol": symbols, "price": [1.0] * rows}))
+
+
+def test_the_arrow_messages_of_a_poll_become_one_item_copied_once() -> None:
+    # As the publisher writes them: one message per symbol and piece, each with its own
+    # dictionary of symbols.
+    values = [_symbol_piece(s, 10 * i, 10) for i, s in enumerate("ABCAB")]
+    decoder = TickDecoder()
+    (item,) = decoder.decode((v, MessageRef("ticks", 0, 100 + i)) for i, v in enumerate(values))
+    assert isinstance(item, TickBatch)
+    assert (item.source, item.index, item.batch.num_rows) == ("kafka:ticks/0", 100, 50)
+    assert item.batch.column("symbol").to_pylist() == [s for s in "ABCAB" for _ in range(10)]
+    assert item.batch.column("ts").cast(pa.int64()).to_pylist() == list(range(50))
+    assert decoder.copied_rows == 50
+
+    # a lone message passes through as a view of the message: nothing copied
+    (alone,) = decoder.decode([(values[0], MessageRef("ticks", 0, 200))])
+    assert isinstance(alone, TickBatch) and alone.batch.num_rows == 10
+    assert decoder.copied_rows == 50
+
+
+def test_merging_stops_at_merge_rows_a_schema_change_and_json_ticks() -> None:
+    other = encode_arrow(pa.record_batch({"symbol": ["A"], "price": [1.0]}))
+    json_tick = orjson.dumps({"ts": 7, "symbol": "A", "price": 2.0})
+    values = [
+        _symbol_piece("A", 0, 10),
+        _symbol_piece("B", 10, 10),
+        _symbol_piece("A", 20, 10),  # would make 30 > merge_rows=25
+        other,  # another schema
+        json_tick,
+        _symbol_piece("B", 30, 10),
+    ]
+    decoder = TickDecoder(merge_rows=25)
+    items = decoder.decode((v, MessageRef("t", 0, i)) for i, v in enumerate(values))
+    assert [(i.index, i.batch.num_rows) for i in items if isinstance(i, TickBatch)] == [
+        (0, 20),
+        (2, 10),
+        (3, 1),
+        (4, 1),
+        (5, 10),
+    ]
+    assert decoder.copied_rows == 20
+    with pytest.raises(ValueError, match="merge_rows must be an integer >= 1"):
+        TickDecoder(merge_rows=0)

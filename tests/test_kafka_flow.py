@@ -22,6 +22,7 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from tests.test_kafka_integration import kafka_round_trip
 from tickpool.connectors.kafka import (
     KafkaCounters,
+    KafkaErrors,
     KafkaTickSource,
     _TickPartition,
     prediction_messages,
@@ -48,8 +49,9 @@ class _FakeKafkaPartition:
 
     def next_batch(self) -> list[Any]:
         poll = next(self._polls)  # StopIteration at the end, as with tail=False
-        if poll:
-            self.offset = poll[-1].offset + 1
+        if poll:  # as Bytewax does: past the last item, error events (invalid offsets) too
+            last = poll[-1]
+            self.offset = (last.msg if hasattr(last, "err") else last).offset + 1
         return poll
 
     def next_awake(self) -> None:
@@ -90,7 +92,11 @@ def test_a_partition_turns_each_poll_into_batches_and_keeps_bytewaxs_offset() ->
     assert part.snapshot() == 4
     with pytest.raises(StopIteration):
         part.next_batch()
-    assert counters.snapshot() == {"kafka_messages": 4, "kafka_undecodable": 1}
+    assert counters.snapshot() == {
+        "kafka_messages": 4,
+        "kafka_undecodable": 1,
+        "kafka_copied_rows": 0,  # no poll held two Arrow messages
+    }
     part.close()
     assert inner.closed
 
@@ -109,6 +115,59 @@ def test_a_stop_request_ends_each_partition_at_its_next_poll() -> None:
     assert part.snapshot() == 2  # resumes right after what was handed out
     part.close()
     assert inner.closed
+
+
+def _error(code: int, *, fatal: bool = False, retriable: bool = False) -> Any:
+    from bytewax.connectors.kafka import KafkaError as ErrorItem
+    from confluent_kafka import KafkaError
+
+    err = KafkaError(code, "broker b:1 went away", fatal=fatal, retriable=retriable)
+    return ErrorItem(err, _msg(-1001, None))  # error events carry no valid offset
+
+
+def test_transient_kafka_errors_are_logged_and_the_run_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from confluent_kafka import KafkaError
+
+    inner = _FakeKafkaPartition(
+        [
+            [_msg(0, _tick(0)), _error(KafkaError._TRANSPORT)],
+            [_error(KafkaError._ALL_BROKERS_DOWN, retriable=True)],
+            [_msg(1, _tick(1))],
+        ]
+    )
+    errors = KafkaErrors(["b:1"], ["ticks"])
+    part = _TickPartition(inner, TickDecoder(), KafkaCounters(), errors=errors)
+    with caplog.at_level("WARNING", logger="tickpool.connectors.kafka"):
+        (first,) = part.next_batch()
+        assert part.next_batch() == []
+        assert inner.snapshot() == -1000  # Bytewax's offset moved past an error event
+        assert part.snapshot() == 1  # ours moves past messages only
+        errors.callback(KafkaError(KafkaError._TRANSPORT, "b:1/bootstrap: Disconnected"))
+        (second,) = part.next_batch()
+    assert isinstance(first, TickBatch) and isinstance(second, TickBatch)
+    assert part.snapshot() == 2
+    assert errors.transient == 3
+    assert "_ALL_BROKERS_DOWN" in caplog.text and "Kafka brokers b:1, topic ticks" in caplog.text
+
+
+def test_a_fatal_kafka_error_ends_the_run_with_one_line_naming_broker_and_topic() -> None:
+    from confluent_kafka import KafkaError
+
+    inner = _FakeKafkaPartition([[_msg(0, _tick(0)), _error(KafkaError._FATAL, fatal=True)]])
+    part = _TickPartition(inner, TickDecoder(), errors=KafkaErrors(["b:1"], ["ticks"]))
+    with pytest.raises(RuntimeError, match=r"Kafka brokers b:1, topic ticks.*_FATAL") as info:
+        part.next_batch()
+    assert "\n" not in str(info.value)
+
+    # a fatal error reported through the consumers' error_cb ends every partition
+    source = KafkaTickSource(["b:1"], ["ticks"])
+    assert source._inner._add_config["error_cb"] == source.errors.callback
+    part = _TickPartition(_FakeKafkaPartition([[]]), TickDecoder(), errors=source.errors)
+    source.errors.callback(KafkaError(KafkaError._FATAL, "fenced", fatal=True))
+    with pytest.raises(RuntimeError, match="fatal error from Kafka brokers b:1, topic ticks"):
+        part.next_batch()
 
 
 def test_compose_forwards_sigterm_to_the_python_services() -> None:
@@ -338,3 +397,56 @@ def test_kafka_feed_stops_cleanly_on_sigint_with_final_stats_and_closed_outputs(
     data = predictions.read_bytes()
     assert data.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")  # the stream was closed
     assert pa.ipc.open_stream(data).read_all().num_rows == record["predictions"]
+
+
+@pytest.mark.slow
+def test_a_poll_of_small_arrow_messages_becomes_one_item_not_one_per_message(
+    mock_bootstrap: str, tmp_path: Path
+) -> None:
+    import uuid
+
+    from bytewax.testing import run_main
+
+    from tickpool.connectors.synthetic import write_ticks
+
+    topic = f"tickpool-merge-{uuid.uuid4().hex[:12]}"
+    ticks = tmp_path / "ticks.arrow"
+    write_ticks(ticks, 8_192, 8, seed=5)
+    # 1,024-row pieces split per symbol (the old publisher default): ~128-tick messages
+    run_main(
+        build_publish_flow(PublishSettings(str(ticks), mock_bootstrap, topic, batch_rows=1_024))
+    )
+
+    def polls(merge_rows: int) -> tuple[list[list[TickBatch]], dict[str, int]]:
+        source = KafkaTickSource([mock_bootstrap], [topic], tail=False, merge_rows=merge_rows)
+        out: list[list[TickBatch]] = []
+        for name in source.list_parts():
+            part = source.build_part("kafka", name, None)
+            try:
+                while True:
+                    items = part.next_batch()
+                    if items:
+                        assert all(isinstance(i, TickBatch) for i in items)
+                        out.append(items)  # type: ignore[arg-type]
+            except StopIteration:
+                pass
+            finally:
+                part.close()
+        return out, source.stats()
+
+    before, before_stats = polls(merge_rows=1)  # one item per message, as before merging
+    after, after_stats = polls(merge_rows=65_536)
+    messages = after_stats["kafka_messages"]
+    assert before_stats["kafka_messages"] == messages >= 64  # 8 pieces x 8 symbols at least
+    per_poll_before = sum(map(len, before)) / len(before)
+    per_poll_after = sum(map(len, after)) / len(after)
+    rows_per_item = 8_192 / sum(map(len, after))
+    print(
+        f"items per poll: {per_poll_before:.1f} before, {per_poll_after:.1f} after; "
+        f"{messages} messages, {rows_per_item:,.0f} ticks per item after"
+    )
+    assert sum(map(len, before)) == messages  # ~128 ticks an item
+    assert all(len(items) == 1 for items in after)  # the whole poll in one item
+    assert sum(i.batch.num_rows for items in after for i in items) == 8_192
+    assert before_stats["kafka_copied_rows"] == 0
+    assert after_stats["kafka_copied_rows"] <= 8_192

@@ -11,7 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,14 @@ from tickpool.connectors.arrow_source import iter_tick_batches
 from tickpool.connectors.feed_messages import parse_iso_ns
 from tickpool.connectors.feed_server import FeedServer
 from tickpool.connectors.synthetic import write_ticks
-from tickpool.connectors.websocket_source import FeedConfig, FeedItem, WebSocketSource
+from tickpool.connectors.websocket_source import (
+    FeedConfig,
+    FeedCounters,
+    FeedItem,
+    WebSocketSource,
+    _FrameQueue,
+    _Reader,
+)
 from tickpool.operators.items import TickBatch
 from tickpool.pipeline.cli import main
 from tickpool.pipeline.config import PipelineConfig
@@ -135,10 +143,19 @@ def test_feed_accounts_for_every_tick_and_predicts_as_replay_does(
         np.testing.assert_allclose(fed[sym][1], yhat, rtol=1e-12, atol=0)
 
 
-class ScriptedServer:
-    """A WebSocket server that sends ``scripts[k]`` on its k-th connection, then waits."""
+@dataclass(frozen=True)
+class Close:
+    """A script step: the server closes the connection with this code."""
 
-    def __init__(self, scripts: list[list[str | bytes]]) -> None:
+    code: int
+    reason: str = ""
+
+
+class ScriptedServer:
+    """A WebSocket server that sends ``scripts[k]`` on its k-th connection, then waits
+    (or closes, at a :class:`Close` step)."""
+
+    def __init__(self, scripts: Sequence[Sequence[str | bytes | Close]]) -> None:
         self.scripts = scripts
         self.connections = 0
         self.port = 0
@@ -152,6 +169,9 @@ class ScriptedServer:
         self.connections += 1
         try:
             for frame in self.scripts[k] if k < len(self.scripts) else []:
+                if isinstance(frame, Close):
+                    await ws.close(frame.code, frame.reason)
+                    return
                 await ws.send(frame)
             await ws.wait_closed()
         except ConnectionClosed:
@@ -740,3 +760,70 @@ def test_a_stuck_client_is_disconnected_so_it_can_reconnect(tick_file: Path) -> 
 
         assert asyncio.run(stall_then_read()) == "closed"
         assert server.clients_timed_out == 1
+
+
+def test_a_close_with_1009_from_the_server_is_not_an_oversize_message_of_ours() -> None:
+    # The server closes with 1009 first and we echo it: err.sent.code is 1009 here too, but no
+    # frame of ours went over max_message_bytes, so there is nothing to dead-letter.
+    first: list[str | bytes | Close] = [tick(i) for i in range(10)]
+    first.append(Close(1009, "the server's own limit"))
+    with ScriptedServer([first, [tick(i) for i in range(10, 20)]]) as server:
+        feed = FeedConfig(
+            f"ws://127.0.0.1:{server.port}", max_latency_ms=1, reconnect_initial_s=0.01
+        )
+        source = WebSocketSource(feed)
+        part = source.build_part("feed", "feed", None)
+        try:
+            items = drain(part, 20)
+        finally:
+            part.close()
+    assert not [i for i in items if not isinstance(i, TickBatch)]
+    assert source.counters.oversize == 0
+    assert source.counters.reconnects == 1
+
+
+def test_a_blocked_reader_wakes_when_the_worker_takes_not_by_polling() -> None:
+    counters = FeedCounters()
+    queue = _FrameQueue(1, 1 << 20, counters)
+    reader = _Reader(FeedConfig("ws://127.0.0.1:1"), queue, counters)
+    wakes: list[int] = []
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        reader._space = asyncio.Event()
+        queue.on_space = lambda: (wakes.append(1), reader._wake(loop))[-1]
+        assert queue.offer("first")
+        put = asyncio.create_task(reader._put("second"))
+        await asyncio.sleep(0)
+        assert not put.done() and not wakes  # full: waiting on the event
+        taker = threading.Thread(target=queue.take, args=(1,))  # the worker, elsewhere
+        taker.start()
+        await asyncio.wait_for(put, 10)
+        taker.join()
+
+    asyncio.run(go())
+    assert wakes == [1]  # one wake-up for one refused offer
+    assert queue.take(None) == ["second"]
+    queue.take(None)  # nobody waits now: no wake-up
+    assert wakes == [1]
+
+
+def test_closing_the_feed_tears_its_event_loop_down_completely() -> None:
+    def executor_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("asyncio_")}
+
+    before = executor_threads()
+    # "localhost" is resolved in the loop's default executor: a thread to shut down.
+    with ScriptedServer([[tick(i) for i in range(10)]]) as server:
+        source = WebSocketSource(FeedConfig(f"ws://localhost:{server.port}", max_latency_ms=1))
+        part = source.build_part("feed", "feed", None)
+        reader = part._reader
+        assert reader is not None
+        try:
+            drain(part, 10)
+        finally:
+            part.close()
+        loop = reader._loop
+        assert loop is not None and loop.is_closed()
+        assert not asyncio.all_tasks(loop)  # every task cancelled and awaited
+        assert executor_threads() <= before  # the default executor was shut down and joined
