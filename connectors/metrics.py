@@ -72,6 +72,10 @@ SOURCE_TOTALS: Final[Mapping[str, tuple[str, str]]] = {
         "tickpool_kafka_undecodable_total",
         "Kafka messages or JSON ticks sent to dead letters.",
     ),
+    "kafka_copied_rows": (
+        "tickpool_kafka_copied_rows_total",
+        "Tick rows copied to merge a poll's small Arrow messages into one item.",
+    ),
 }
 """Stats key -> (metric name, help) for a live source's process-wide totals: no worker label
 (present in feed and Kafka runs; 0 otherwise)."""

@@ -422,11 +422,12 @@ def test_a_live_sources_counters_are_exported_once_per_process_not_per_worker() 
     # Two workers' records repeat the process's counters: sum() must not count them twice.
     sink = PrometheusStatsSink(0, registry=CollectorRegistry())
     partition = sink.build("stats", 0, 2)
-    source = {"feed_rejected": 5, "kafka_undecodable": 3}
+    source = {"feed_rejected": 5, "kafka_undecodable": 3, "kafka_copied_rows": 1024}
     partition.write_batch([("0", {**STATS, "worker": "0", **source})])
     partition.write_batch([("1", {**STATS, "worker": "1", **source})])
     text = scrape(sink.port)
     assert not re.search(r"^tickpool_(feed|kafka)_\w+\{", text, re.MULTILINE)
     assert unlabelled(text, "tickpool_feed_rejected_total") == 5
     assert unlabelled(text, "tickpool_kafka_undecodable_total") == 3
+    assert unlabelled(text, "tickpool_kafka_copied_rows_total") == 1024
     assert metric(text, "tickpool_dead_letters_total", 'worker="1"') == 7  # still per worker
