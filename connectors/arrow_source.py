@@ -155,12 +155,35 @@ def _start_chunk(path: str, start: ReplayPosition, batch: pa.RecordBatch) -> _Ch
     return _Chunk(index, row, batch.slice(row) if row else batch, batch.num_rows)
 
 
-class _IpcFileReader(_Reader):
-    """Arrow IPC file: memory map + footer, so ``get_batch(i)`` is a seek and a view."""
+class _MappedIpcReader(_Reader):
+    """An Arrow IPC file or stream on a memory map; subclasses open ``self._reader`` on it."""
+
+    _reader: pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamReader
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self._map = pa.memory_map(path, "r")
+
+    @property
+    @override
+    def schema(self) -> pa.Schema:
+        return self._reader.schema
+
+    @override
+    def close(self) -> None:
+        # The reader holds views of the map (footer, schema): drop it first, or the file
+        # stays mapped until the garbage collector finds this object.
+        del self._reader
+        self._map.close()
+
+
+class _IpcFileReader(_MappedIpcReader):
+    """Arrow IPC file: memory map + footer, so ``get_batch(i)`` is a seek and a view."""
+
+    _reader: pa.ipc.RecordBatchFileReader
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
         try:
             self._reader = pa.ipc.open_file(self._map)
         except _ARROW_ERRORS as exc:
@@ -197,11 +220,6 @@ class _IpcFileReader(_Reader):
         )
         return TickSourceError(msg, self.path, complete)
 
-    @property
-    @override
-    def schema(self) -> pa.Schema:
-        return self._reader.schema
-
     @override
     def chunks(self, start: ReplayPosition) -> Iterator[_Chunk]:
         index = start[0]
@@ -225,31 +243,20 @@ class _IpcFileReader(_Reader):
             return int(reader.count_rows())
         return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
 
-    @override
-    def close(self) -> None:
-        # The reader holds views of the map (footer, schema): drop it first, or the file
-        # stays mapped until the garbage collector finds this object.
-        del self._reader
-        self._map.close()
 
-
-class _IpcStreamReader(_Reader):
+class _IpcStreamReader(_MappedIpcReader):
     """Arrow IPC stream on a memory map: batches are views; resuming reads past earlier ones."""
+
+    _reader: pa.ipc.RecordBatchStreamReader
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
-        self._map = pa.memory_map(path, "r")
         try:
             self._reader = pa.ipc.open_stream(self._map)
         except _ARROW_ERRORS as exc:
             self._map.close()
             msg = f"{self.path}: unreadable Arrow IPC stream schema ({type(exc).__name__}: {exc})"
             raise TickSourceError(msg, path) from exc
-
-    @property
-    @override
-    def schema(self) -> pa.Schema:
-        return self._reader.schema
 
     @override
     def chunks(self, start: ReplayPosition) -> Iterator[_Chunk]:
@@ -272,13 +279,6 @@ class _IpcStreamReader(_Reader):
     @override
     def count_rows(self) -> int:
         return sum(chunk.batch.num_rows for chunk in self.chunks(_START))
-
-    @override
-    def close(self) -> None:
-        # The reader holds views of the map (footer, schema): drop it first, or the file
-        # stays mapped until the garbage collector finds this object.
-        del self._reader
-        self._map.close()
 
 
 class _ParquetReader(_Reader):
