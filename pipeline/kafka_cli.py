@@ -10,25 +10,23 @@ by name; ``python -m tickpool.pipeline.kafka_cli`` runs them on their own.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
 
 from tickpool.pipeline.cli import (
     add_job_options,
-    error_line,
     job_config,
     observed_progress,
     run_job,
     stop_on_signals,
 )
 
-__all__ = ["cmd_kafka_feed", "cmd_publish", "main", "register"]
+__all__ = ["cmd_kafka_feed", "cmd_publish", "register"]
 
 _err = Console(stderr=True)
 
@@ -173,25 +171,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one Kafka subcommand; errors end with one line on stderr and exit code 2."""
-    parser = argparse.ArgumentParser(prog="tickpool", description="tickpool's Kafka commands")
-    handlers = register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    try:
-        return handlers[args.command](args)
-    except KeyboardInterrupt:
-        print("tickpool: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # one line for the user; the traceback on request
-        if os.environ.get("TICKPOOL_TRACEBACK"):
-            raise
-        print(f"tickpool: error: {error_line(err)}", file=sys.stderr)
-        return 2
+if __name__ == "__main__":  # the same as `tickpool`, whose parser registers these commands
+    from tickpool.pipeline.cli import main
 
-
-if __name__ == "__main__":
     sys.exit(main())
