@@ -204,7 +204,20 @@ def _check_io(
 
 
 @dataclass(frozen=True, slots=True)
-class LastValue:
+class _ParameterFree:
+    """What a model without parameters of its own shares: any window, any normalization."""
+
+    horizon: int = 1
+    window: int | None = field(default=None, init=False)
+    normalize: str | None = field(default=None, init=False)
+    needs_contiguous: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        _check_positive_int("horizon", self.horizon)
+
+
+@dataclass(frozen=True, slots=True)
+class LastValue(_ParameterFree):
     """The naive forecast: every horizon step is the window's last (newest) value.
 
     The baseline every other model must beat; it works for any window and normalization.
@@ -217,14 +230,6 @@ class LastValue:
            [6., 6.]])
     """
 
-    horizon: int = 1
-    window: int | None = field(default=None, init=False)
-    normalize: str | None = field(default=None, init=False)
-    needs_contiguous: bool = field(default=False, init=False)
-
-    def __post_init__(self) -> None:
-        _check_positive_int("horizon", self.horizon)
-
     def predict(self, windows: FloatArray, out: FloatArray) -> None:
         """Write the last column of ``windows`` into every column of ``out``."""
         _check_io(self, windows, out, self.window, self.horizon)
@@ -232,7 +237,7 @@ class LastValue:
 
 
 @dataclass(frozen=True, slots=True)
-class WindowMean:
+class WindowMean(_ParameterFree):
     """The window mean for every horizon step: the forecast of a series that reverts to its mean.
 
     >>> windows = np.array([[1.0, 2.0, 6.0], [4.0, 4.0, 4.0]])
@@ -242,14 +247,6 @@ class WindowMean:
     array([[3.],
            [4.]])
     """
-
-    horizon: int = 1
-    window: int | None = field(default=None, init=False)
-    normalize: str | None = field(default=None, init=False)
-    needs_contiguous: bool = field(default=False, init=False)
-
-    def __post_init__(self) -> None:
-        _check_positive_int("horizon", self.horizon)
 
     def predict(self, windows: FloatArray, out: FloatArray) -> None:
         """Write each row's mean into the first column of ``out``, then copy it to the others."""
