@@ -367,15 +367,27 @@ def run_job(
     return summary
 
 
+SOURCE_REJECTS = ("feed_rejected", "kafka_undecodable")
+"""A live source's own dead letters (messages it could not map to ticks), per stats record."""
+SOURCE_EXTRAS = (
+    "feed_reconnects",
+    "feed_dropped",
+    "feed_ignored",
+    "feed_discarded",
+    "kafka_undecodable",
+)
+"""A live source's counters shown in the summary table when the run has them."""
+
+
 def summarize_run(observer: Any, elapsed: float) -> dict[str, Any]:
     """The summary numbers of a finished run from its observer's latest stats records.
 
-    A live feed's records also carry its ``feed_*`` counters (process-wide, repeated in every
-    record like the pool's): messages it dead-lettered itself count as ticks read and as dead
-    letters, so ``processed + dead_letters = ticks`` still holds.
+    A live source's records also carry its counters (``feed_*``, ``kafka_*``: process-wide,
+    repeated in every record like the pool's): messages it dead-lettered itself count as ticks
+    read and as dead letters, so ``processed + dead_letters = ticks`` still holds.
     """
     recs = list(observer.latest.values())
-    source_dead = max((r.get("feed_rejected", 0) for r in recs), default=0)
+    source_dead = sum(max((r.get(key, 0) for r in recs), default=0) for key in SOURCE_REJECTS)
     ticks = sum(r["ticks"] for r in recs) + source_dead
     dead = sum(r["dead_letters"] for r in recs) + source_dead
     # Pool counters are process-wide and repeated in every shard's record: take the max.
@@ -392,7 +404,7 @@ def summarize_run(observer: Any, elapsed: float) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **{
             key: max(r.get(key, 0) for r in recs)
-            for key in ("feed_reconnects", "feed_dropped", "feed_ignored", "feed_discarded")
+            for key in SOURCE_EXTRAS
             if any(key in r for r in recs)
         },
     }
@@ -419,7 +431,7 @@ def _summary_table(s: dict[str, Any], config: Any, command: str = "replay") -> T
     t.add_row("ticks/s", f"{s['ticks_per_s']:,.0f}")
     t.add_row("pool hit rate", f"{s['pool_hit_rate']:.2%}")
     t.add_row("peak RSS (incl. mapped input)", f"{s['peak_rss_mb']:,.0f} MB")
-    for key in ("feed_reconnects", "feed_dropped", "feed_ignored", "feed_discarded"):
+    for key in SOURCE_EXTRAS:
         if key in s:
             t.add_row(key.replace("_", " "), f"{s[key]:,}")
     return t

@@ -126,11 +126,6 @@ def cmd_kafka_feed(args: argparse.Namespace) -> int:
     flow = build_kafka_flow(config, kafka, observer=observer, stop=stop)
     with stop_on_signals(stop):
         run_job(flow, config, observer, total=None, quiet=args.quiet, label=f"kafka {args.topic}")
-    # the source's counters are per process, repeated in every shard's record
-    undecodable = max((r.get("kafka_undecodable", 0) for r in observer.latest.values()), default=0)
-    if not args.quiet and undecodable:
-        where = f" (in {config.dead_letters})" if config.dead_letters else ""
-        _err.print(f"{undecodable:,} undecodable Kafka messages or JSON ticks{where}")
     return 0
 
 

@@ -533,3 +533,19 @@ def test_a_killed_replay_resumes_and_writes_every_prediction_exactly_once(
     assert sorted(p.name for p in out.glob("*.arrows")) == names
     for name in names:
         assert read_table(out / name).equals(read_table(whole / name)), name
+
+
+def test_a_live_sources_own_rejects_count_as_read_and_dead_lettered_once() -> None:
+    from tickpool.pipeline.cli import summarize_run
+    from tickpool.pipeline.flow import RunObserver
+
+    observer = RunObserver()
+    base = {"ticks": 100, "dead_letters": 2, "predictions": 90, "hits": 9, "misses": 1}
+    # Two shards' records repeat the process-wide source counters: count them once.
+    for worker in ("0", "1"):
+        observer.stats({**base, "worker": worker, "feed_rejected": 3, "kafka_undecodable": 4})
+    s = summarize_run(observer, 1.0)
+    assert s["ticks"] == 200 + 3 + 4
+    assert s["dead_letters"] == 4 + 3 + 4
+    assert s["processed"] == 196
+    assert s["kafka_undecodable"] == 4
