@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
         plot(series, args.plot)
         print(f"![memory over time]({args.plot.name})\n")
     print("## Allocations per batch in steady state (memray; malloc + Python objects)\n")
-    sizes, counts = ([1024, 16384], [50]) if args.quick else ([1024, 4096, 16384], [50, 200])
+    sizes, counts = (
+        ([1024, 16384, 65536], [50]) if args.quick else ([1024, 4096, 16384, 65536], [50, 200])
+    )
     headers = [
         "batch rows",
         "batches",
@@ -239,7 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown_table(headers, allocation_rows(sizes, counts)))
     print(
         "\nEach allocation is counted once, whether freed at once or not; the bytes are the "
-        "sum of the sizes asked for (temporaries included), not a peak.\n"
+        "sum of the sizes asked for (temporaries included), not a peak. Small batches allocate "
+        "a few dozen objects fewer only because some per-symbol counts and offsets are then "
+        "Python ints under 257, which CPython caches; from 16,384 rows on the count is flat.\n"
     )
 
 

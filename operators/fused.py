@@ -38,7 +38,8 @@ of about 10k ticks, one thread (docs/optimizations.md), at W = 16 / 64 / 256: To
 55 / 265 us, row FFT 138 / 88 / 107 us, ``np.correlate`` 56 / 110 / 339 us,
 ``sliding_window_view(x, W) @ w`` 75 / 324 / 1940 us. The GEMM runs in row chunks small enough
 that OpenBLAS keeps it on one thread: on a busy 2-core machine a threaded GEMM of this size was
-measured 10-500x slower (its threads spin-wait for a core).
+measured 10-500x slower (its threads spin-wait for a core). The chunks go to one stacked
+``matmul`` call, so a batch's Python work does not grow with its rows.
 
 Which models take this path (`fused_kernel`): exactly the classes `LinearModel`, `WindowMean` and
 `LastValue` (``type(model) is ...``, not ``isinstance``: a subclass may override ``predict``), with
@@ -267,11 +268,7 @@ class FusedKernel:
                 np.fft.irfft(prod, n=self.nfft, axis=1, out=corr)
             else:
                 assert self.toeplitz is not None
-                t, d = self.toeplitz[h], dz[:, 1:]
-                # Row chunks keep each GEMM under OpenBLAS's threading threshold (see above).
-                step = max(1, _BLAS_SERIAL_MNK // (t.shape[0] * t.shape[1]))
-                for i in range(0, nb, step):
-                    np.matmul(d[i : i + step], t, out=corr[i : i + step])
+                _serial_gemm(dz[:, 1:], self.toeplitz[h], corr)
             return corr[:, :b]
 
         def gather(grid: FloatArray, h: int) -> None:
@@ -336,6 +333,26 @@ class FusedKernel:
             np.multiply(s, self.intercept[h], out=a)
             np.add(tmp, a, out=tmp)
             gather(tmp, h)
+
+
+def _serial_gemm(d: FloatArray, t: FloatArray, out: FloatArray) -> None:
+    """``out = d @ t`` as GEMMs small enough for OpenBLAS to run each on one thread.
+
+    ``d`` rows go in chunks of ``step`` rows with ``step * k * n`` under `_BLAS_SERIAL_MNK`,
+    all full chunks in one stacked ``matmul`` (numpy calls GEMM once per chunk, from C): the
+    Python work, and the allocations, are the same for any number of rows, and the result is
+    bit for bit that of a loop over the chunks.
+    """
+    rows, k = d.shape
+    n = t.shape[1]
+    assert out.flags.c_contiguous  # so the reshape below is a view that matmul writes through
+    step = max(1, _BLAS_SERIAL_MNK // (k * n))
+    full = rows - rows % step
+    if full:
+        chunks = full // step
+        np.matmul(d[:full].reshape(chunks, step, k), t, out=out[:full].reshape(chunks, step, n))
+    if full < rows:
+        np.matmul(d[full:], t, out=out[full:])
 
 
 def _copy_runs(flat: FloatArray, runs: StartRuns, shift: int, out: FloatArray) -> None:

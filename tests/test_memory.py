@@ -139,6 +139,8 @@ def allocations_per_batch(rows: int, batches: int) -> float:
 def test_allocations_per_batch_do_not_grow_with_batches_or_batch_size() -> None:
     few, many = allocations_per_batch(1024, 30), allocations_per_batch(1024, 120)
     assert abs(many - few) <= 0.02 * few, (few, many)
-    # 16 times the rows: the same steps, plus a few per-symbol blocks more in the fused kernel.
-    big = allocations_per_batch(16384, 30)
-    assert big <= 1.25 * few, (few, big)
+    # 4 times the rows: the same steps, nothing per tick or per block. (Compared from 16,384
+    # rows on: below that, some per-symbol counts and offsets are Python ints under 257, which
+    # CPython caches, so smaller batches allocate a few dozen objects fewer.)
+    mid, big = allocations_per_batch(16384, 30), allocations_per_batch(65536, 30)
+    assert abs(big - mid) <= 0.01 * mid, (mid, big)
