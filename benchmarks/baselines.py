@@ -39,6 +39,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -533,6 +534,19 @@ VARIANTS: dict[str, Callable[[str | Path, LinearJob], Predictions]] = {
 # One measurement per process
 # --------------------------------------------------------------------------------------------
 
+RAM_DIR = "/dev/shm"
+TICKPOOL_OUTPUTS: dict[str, str | None] = {  # tickpool variant -> where its --out goes
+    "tickpool": None,  # the temporary directory (a disk on most machines)
+    "tickpool-no-out": None,  # no prediction sink at all
+    "tickpool-ram": RAM_DIR,  # a tmpfs: the same files, without the disk's write path
+}
+
+
+def ram_dir_available() -> bool:
+    """True where ``/dev/shm`` is a writable directory (a tmpfs on Linux)."""
+    return os.path.isdir(RAM_DIR) and os.access(RAM_DIR, os.W_OK)
+
+
 WARM_IMPORTS = {  # imported before the clock starts
     "tickpool": ("tickpool.pipeline.cli", "tickpool.pipeline.flow"),
     "bytewax-per-tick": ("bytewax.operators", "bytewax.testing", "bytewax.inputs"),
@@ -564,7 +578,7 @@ def _count_rows(path: str | Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run one variant of the job; print a JSON line.")
-    ap.add_argument("variant", choices=["tickpool", "tickpool-no-out", *VARIANTS])
+    ap.add_argument("variant", choices=[*TICKPOOL_OUTPUTS, *VARIANTS])
     ap.add_argument("--data", required=True, help="Arrow IPC tick file")
     ap.add_argument("--model", required=True, help="linear .npz model (window-zscore, H=1)")
     ap.add_argument("--save", help="write the predictions per symbol to this .npz")
@@ -575,11 +589,13 @@ def main(argv: list[str] | None = None) -> int:
     # pyarrow's first Array.to_numpy() imports pandas when it is installed (~0.2 s): every
     # variant reads columns that way, so it is paid here, before the clock starts.
     pa.array([0.0]).to_numpy()
-    for module in WARM_IMPORTS.get(args.variant.removesuffix("-no-out"), ()):
+    warm = "tickpool" if args.variant in TICKPOOL_OUTPUTS else args.variant
+    for module in WARM_IMPORTS.get(warm, ()):
         importlib.import_module(module)
     anon_start = _anon_kb()
     preds: Predictions | None = None
-    with tempfile.TemporaryDirectory(prefix="tickpool-bench-out-") as tmp:
+    out_parent = TICKPOOL_OUTPUTS.get(args.variant)
+    with tempfile.TemporaryDirectory(prefix="tickpool-bench-out-", dir=out_parent) as tmp:
         out_dir = None if args.variant == "tickpool-no-out" else tmp
         t0 = time.perf_counter()
         if args.variant.startswith("tickpool"):
