@@ -306,15 +306,15 @@ class FusedKernel:
         np.maximum(s, 0.0, out=s)
         np.sqrt(s, out=s)
         # Constant windows (no two neighbours differ) get s = 0 exactly: prefix counts of
-        # x[i] != x[i-1] along the series (small integers, exact in float64).
-        changes = q.reshape(-1)[: cells + w - 1]
-        changes[0] = 0.0
+        # x[i] != x[i-1] along the series, in int32 (a float64 cumsum is a chain of 3-4 cycle
+        # adds, 3.7 ns per element here; int32, 0.8 ns); a window changes iff its counts differ.
+        changes = q.reshape(-1).view(np.int32)[: cells + w - 1]
+        changes[0] = 0
         np.not_equal(series[1 : cells + w - 1], series[: cells + w - 2], out=changes[1:])
-        np.cumsum(changes, out=changes)
-        np.subtract(
+        np.cumsum(changes, dtype=np.int32, out=changes)
+        np.not_equal(
             changes[w - 1 : cells + w - 1].reshape(nb, b), changes[:cells].reshape(nb, b), out=keep
         )
-        np.greater(keep, 0.5, out=keep)
         np.multiply(s, keep, out=s)
         # m = c + mu (into y for now); the constant rule: keep = 1.0 where s > CONST_RTOL * |m|.
         m = y
