@@ -624,8 +624,11 @@ def observed_progress(
     and the bar shows the final count when the block ends (even by an exception). ``total`` is
     the rows expected (None: a live feed, the count only); ``quiet`` shows nothing.
     """
+    if quiet:  # nothing to show: no polling thread either
+        yield
+        return
     done = threading.Event()
-    with _progress(disable=quiet, endless=total is None) as progress:
+    with _progress(endless=total is None) as progress:
         task = progress.add_task(label, total=total)
 
         def poll() -> None:
@@ -642,7 +645,7 @@ def observed_progress(
             progress.update(task, completed=observer.rows_read)
 
 
-def _progress(disable: bool = False, *, endless: bool = False) -> Progress:
+def _progress(*, endless: bool = False) -> Progress:
     """A progress bar on stderr; ``endless`` (a live feed: no total) shows the count only."""
     return Progress(
         TextColumn("{task.description}"),
@@ -650,7 +653,6 @@ def _progress(disable: bool = False, *, endless: bool = False) -> Progress:
         TextColumn("{task.completed:,}" if endless else "{task.completed:,}/{task.total:,}"),
         TimeElapsedColumn(),
         console=_err,
-        disable=disable,
         transient=False,
     )
 
