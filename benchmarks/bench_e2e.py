@@ -245,7 +245,7 @@ not file pages), interpreter and imports included.
 Outputs. (a) writes its predictions as Arrow IPC files to the temporary directory (this
 machine's disk); (a") writes the same files to /dev/shm (a tmpfs: RAM, without the disk's write
 path and the final fsync); (a') runs without a prediction sink. (b)-(e) keep their predictions
-in memory, so *a"/b* and *a'/b* compare like with like; *a/b* includes writing about 27 bytes
+in memory, so *a"/b* and *a'/b* compare like with like; *a/b* includes writing about 26 bytes
 per prediction to disk.
 
 Ceilings. *(e) kernel calls alone*: the same run of (e) timed inside its kernel calls only
