@@ -120,7 +120,7 @@ def plot(med: dict[tuple[int, str], Measurement], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     for v, (letter, label, _) in VARIANTS.items():
         ys = [med[(w, v)].ticks_per_s for w in WINDOWS]
         ax.plot(WINDOWS, ys, marker="o", label=f"({letter}) {label}")
@@ -135,10 +135,9 @@ def plot(med: dict[tuple[int, str], Measurement], path: Path) -> None:
     ax.set_ylabel("ticks/s per worker")
     ax.set_title("Window z-score + linear model, 8 symbols, one worker")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the lines
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
