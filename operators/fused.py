@@ -25,8 +25,9 @@ its digits in running sums of raw prices):
   along rows of ``B + W`` values), so no sum runs longer than one block: the variance's
   cancellation is ``eps * (B + W) * (range of D)^2`` against ``W * s^2``.
 - A window is constant iff none of its ``W - 1`` consecutive pairs differ: counted exactly (the
-  prefix sum of ``x[i] != x[i-1]``, small integers in float64), so a flat run gives ``s = 0`` and
-  ``yhat = m`` exactly as the reference, whatever rounding the sums carry.
+  prefix sum of ``x[i] != x[i-1]`` in int32; a window changes iff its two prefix counts differ,
+  which stays true even if a count wrapped, since a window's count is below 2**31), so a flat
+  run gives ``s = 0`` and ``yhat = m`` exactly as the reference, whatever rounding the sums carry.
 - The linear term is taken on ``D`` as well: ``x . w = D . w + c_j * sum(w)``, and the formula
   above becomes ``yhat = c_j + mu + (D . w - mu * sum(w)) + b * s`` with ``mu = mean(D)``: every
   term but ``c_j`` is of the size of the price's local movement, so nothing cancels.
@@ -345,11 +346,11 @@ def _serial_gemm(d: FloatArray, t: FloatArray, out: FloatArray) -> None:
     """
     rows, k = d.shape
     n = t.shape[1]
-    assert out.flags.c_contiguous  # so the reshape below is a view that matmul writes through
     step = max(1, _BLAS_SERIAL_MNK // (k * n))
     full = rows - rows % step
     if full:
         chunks = full // step
+        # Splitting the first axis is a view for any strides, so matmul writes through to out.
         np.matmul(d[:full].reshape(chunks, step, k), t, out=out[:full].reshape(chunks, step, n))
     if full < rows:
         np.matmul(d[full:], t, out=out[full:])

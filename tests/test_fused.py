@@ -202,3 +202,25 @@ def test_fused_kernel_keeps_the_models_weights() -> None:
     np.testing.assert_array_equal(k.toeplitz[0][:6, 0], np.arange(0.0, 12.0, 2.0))
     np.testing.assert_array_equal(k.toeplitz[0][1:7, 1], np.arange(0.0, 12.0, 2.0))
     assert fused_kernel(WindowMean(), window=6, normalize="none") is None
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+@pytest.mark.parametrize("chunks", [0, 1, 3])
+def test_serial_gemm_writes_every_row_of_the_product(chunks: int, extra: int) -> None:
+    # The fused kernel's GEMM goes through _serial_gemm with d a column slice of its shifted
+    # block matrix (not contiguous) and out a view of scratch: the full chunks in one stacked
+    # matmul, the remainder apart. Every row count around the chunk size must give d @ t.
+    from tickpool.operators.fused import _BLAS_SERIAL_MNK, _serial_gemm
+
+    rng = np.random.default_rng([chunks, extra + 1])
+    b, w = 128, 64
+    k, n = b + w - 1, b
+    step = _BLAS_SERIAL_MNK // (k * n)
+    rows = max(0, chunks * step + extra)
+    dz = rng.standard_normal((rows, b + w))
+    d, t = dz[:, 1:], rng.standard_normal((k, n))
+    scratch = np.full(rows * n + 5, np.nan)
+    out = scratch[: rows * n].reshape(rows, n)
+    _serial_gemm(d, t, out)
+    np.testing.assert_allclose(out, d @ t, rtol=1e-12, atol=1e-12)
+    assert np.isnan(scratch[rows * n :]).all()  # nothing written past out
