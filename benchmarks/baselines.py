@@ -40,6 +40,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -542,9 +543,14 @@ TICKPOOL_OUTPUTS: dict[str, str | None] = {  # tickpool variant -> where its --o
 }
 
 
-def ram_dir_available() -> bool:
-    """True where ``/dev/shm`` is a writable directory (a tmpfs on Linux)."""
-    return os.path.isdir(RAM_DIR) and os.access(RAM_DIR, os.W_OK)
+def ram_dir_available(min_free: int = 1 << 30) -> bool:
+    """True where ``/dev/shm`` is a writable directory (a tmpfs on Linux) with ``min_free``
+    bytes free (a container's default /dev/shm is 64 MB: too small for 5 M predictions)."""
+    return (
+        os.path.isdir(RAM_DIR)
+        and os.access(RAM_DIR, os.W_OK)
+        and shutil.disk_usage(RAM_DIR).free >= min_free
+    )
 
 
 WARM_IMPORTS = {  # imported before the clock starts
@@ -596,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     preds: Predictions | None = None
     out_parent = TICKPOOL_OUTPUTS.get(args.variant)
     with tempfile.TemporaryDirectory(prefix="tickpool-bench-out-", dir=out_parent) as tmp:
-        out_dir = None if args.variant == "tickpool-no-out" else tmp
+        writes = args.variant in TICKPOOL_OUTPUTS and args.variant != "tickpool-no-out"
+        out_dir = tmp if writes else None
         t0 = time.perf_counter()
         if args.variant.startswith("tickpool"):
             summary = tickpool_replay(args.data, args.model, job.window, out_dir)
@@ -619,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         "predictions": n_preds,
         "anon_start_kb": anon_start,
         "kernel_seconds": KERNEL_SECONDS[-1] if KERNEL_SECONDS else None,
+        "out_dir": out_dir,  # where a tickpool variant wrote its predictions (None: nowhere)
     }
     print(json.dumps(record))
     return 0

@@ -4,7 +4,7 @@ Run: ``python -m benchmarks.bench_e2e`` (5 M ticks; ``--quick``: 1 M), optionall
 ``--plot e2e.png``. Prints markdown tables; asserts nothing except that every variant's
 predictions agree with tickpool's.
 
-The same job in five ways (8 symbols, stride 1, window z-score, a fixed linear model of
+The same job in every way below (8 symbols, stride 1, window z-score, a fixed linear model of
 horizon 1), at W = 16, 64, 256:
 
 - (a) ``tickpool replay --out DIR`` (one worker); (a") the same with DIR on /dev/shm (RAM);
@@ -48,8 +48,8 @@ BAD_REL_DIFF = 1e-6  # beyond this a variant is not computing the same job
 
 VARIANTS = {  # variant -> (letter, label, reads the prefix file)
     "tickpool": ("a", "tickpool replay", False),
-    "tickpool-no-out": ("a'", "tickpool replay, predictions not written", False),
     "tickpool-ram": ('a"', "tickpool replay, predictions to RAM (tmpfs)", False),
+    "tickpool-no-out": ("a'", "tickpool replay, predictions not written", False),
     "bytewax-per-tick": ("b", "per-tick Bytewax", True),
     "river": ("c", "River rolling, per tick", True),
     "pandas": ("d", "pandas groupby + rolling", False),
