@@ -549,3 +549,23 @@ def test_a_live_sources_own_rejects_count_as_read_and_dead_lettered_once() -> No
     assert s["dead_letters"] == 4 + 3 + 4
     assert s["processed"] == 196
     assert s["kafka_undecodable"] == 4
+
+
+def test_progress_polls_the_observer_unless_quiet() -> None:
+    # The bar's thread reads the observer's count while a run goes on; a quiet run (no bar)
+    # starts no thread at all.
+    import threading
+    from types import SimpleNamespace
+
+    from tickpool.pipeline.cli import observed_progress
+
+    observer = SimpleNamespace(rows_read=0)
+
+    def pollers() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "tickpool-progress"]
+
+    with observed_progress(observer, "quiet", total=10, quiet=True):
+        assert pollers() == []
+    with observed_progress(observer, "shown", total=10):
+        assert pollers() == ["tickpool-progress"]
+    assert pollers() == []  # joined when the run ends
