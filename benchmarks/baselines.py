@@ -48,7 +48,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from operator import mul
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -129,13 +129,16 @@ def _open(path: str | Path) -> pa.ipc.RecordBatchFileReader:
     return pa.ipc.open_file(pa.memory_map(str(path)))
 
 
-def _symbol_names(column: pa.Array) -> tuple[list[str], npt.NDArray[np.int32]]:
+Coded: TypeAlias = "pa.DictionaryArray[Any, Any]"  # a dictionary-encoded symbol column
+
+
+def _symbol_names(column: pa.Array[Any]) -> tuple[list[str], npt.NDArray[np.int32]]:
     """Symbol names and int32 codes of a dictionary (or plain string) symbol column."""
     if not pa.types.is_dictionary(column.type):
         column = pc.dictionary_encode(column)
-    return column.dictionary.to_pylist(), column.indices.to_numpy(zero_copy_only=False).astype(
-        np.int32, copy=False
-    )
+    coded = cast(Coded, column)
+    codes = coded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    return [str(s) for s in coded.dictionary.to_pylist()], codes
 
 
 def read_columns(path: str | Path) -> tuple[list[str], npt.NDArray[np.int32], FloatArray]:
@@ -146,16 +149,17 @@ def read_columns(path: str | Path) -> tuple[list[str], npt.NDArray[np.int32], Fl
     """
     reader = _open(path)
     batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-    symbols = [b.column("symbol") for b in batches]
-    first = symbols[0] if symbols else pa.array([], pa.string())
-    shared = pa.types.is_dictionary(first.type) and all(
-        s.dictionary.equals(first.dictionary) for s in symbols[1:]
+    symbols = [cast(Coded, b.column("symbol")) for b in batches]
+    first = symbols[0] if symbols and pa.types.is_dictionary(symbols[0].type) else None
+    shared = first is not None and all(
+        pa.types.is_dictionary(s.type) and s.dictionary.equals(first.dictionary) for s in symbols
     )
     if not shared:
         table = pa.Table.from_batches(batches).select(["symbol", "price"]).combine_chunks()
-        names, codes = _symbol_names(pc.dictionary_encode(table.column("symbol")).chunk(0))
+        names, codes = _symbol_names(cast("pa.Array[Any]", table.column("symbol").chunk(0)))
         return names, codes, table.column("price").chunk(0).to_numpy()
-    names = first.dictionary.to_pylist()
+    assert first is not None
+    names = [str(s) for s in first.dictionary.to_pylist()]
     codes = np.concatenate([s.indices.to_numpy() for s in symbols]).astype(np.int32, copy=False)
     price = np.concatenate([b.column("price").to_numpy() for b in batches])
     return names, codes, price
@@ -305,7 +309,7 @@ def river_per_tick(path: str | Path, job: LinearJob) -> Predictions:
     out: dict[str, list[float]] = {}
     for symbols, _ts, prices in _tick_lists(path):
         for symbol, x in zip(symbols, prices, strict=True):
-            var = rolling.get(symbol)
+            var: Any = rolling.get(symbol)
             if var is None:
                 var = rolling[symbol] = utils.Rolling(stats.Var, window_size=window, ddof=0)
                 values[symbol] = deque(maxlen=window)

@@ -28,7 +28,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -100,7 +100,7 @@ class NumpyAllocCounter:
     """
 
     def __init__(self) -> None:
-        from numpy._core import _multiarray_umath
+        from numpy._core import _multiarray_umath  # type: ignore[attr-defined]
 
         api = ctypes.pythonapi
         api.PyCapsule_GetPointer.restype = _vp
@@ -341,7 +341,7 @@ def allocation_rows(variants: list[Variant]) -> list[list[object]]:
 
 def make_stream(
     ticks: int, rate_spread: float = 1.0, seed: int = 5
-) -> tuple[list[TickBatch], pa.Array]:
+) -> tuple[list[TickBatch], pa.Array[Any]]:
     """A mixed stream of ``SYMBOLS`` random walks at levels 10..50,000, in ``BATCH_ROWS`` batches.
 
     Each tick's symbol is drawn at random, with rates log-spread over a factor ``rate_spread``
@@ -376,7 +376,7 @@ def make_stream(
 
 
 def literal_numpy(
-    batches: list[TickBatch], names: pa.Array, weights: FloatArray, window: int
+    batches: list[TickBatch], names: pa.Array[Any], weights: FloatArray, window: int
 ) -> Iterator[pa.RecordBatch]:
     """The literal per-batch numpy job: per symbol, tail + new values, ``sliding_window_view``,
     mean and std along axis 1, z-score every window (a new (m, W) matrix), ``@ w``, back to
@@ -388,7 +388,7 @@ def literal_numpy(
     for item in batches:
         rb = item.batch
         ts = rb.column(0).to_numpy()
-        codes = rb.column(1).indices.to_numpy()
+        codes = cast("pa.DictionaryArray[Any, Any]", rb.column(1)).indices.to_numpy()
         price = rb.column(2).to_numpy()
         ts_parts, sym_parts, yhat_parts = [], [], []
         for k in range(SYMBOLS):
@@ -411,7 +411,7 @@ def literal_numpy(
             yield pa.RecordBatch.from_arrays(
                 [
                     pa.array(np.concatenate(ts_parts)),
-                    names.take(pa.array(np.concatenate(sym_parts))),
+                    names.take(np.concatenate(sym_parts)),
                     pa.array(np.concatenate(yhat_parts)),
                 ],
                 names=["ts", "symbol", "yhat"],
@@ -449,7 +449,7 @@ def _predictor(job: Job, pool: BufferPool) -> WindowPredictor:
     )
 
 
-def run_job(job: Job, batches: list[TickBatch], names: pa.Array) -> dict[str, Any]:
+def run_job(job: Job, batches: list[TickBatch], names: pa.Array[Any]) -> dict[str, Any]:
     """One pass over the whole stream from a fresh state: seconds, predictions, pool stats."""
     if job.normalize == "literal numpy":
         assert job.weights is not None
@@ -467,7 +467,7 @@ def run_job(job: Job, batches: list[TickBatch], names: pa.Array) -> dict[str, An
     return {"s": seconds, "preds": wp.predictions, "pool": pool.stats()}
 
 
-def literal_agreement(job: Job, batches: list[TickBatch], names: pa.Array) -> float:
+def literal_agreement(job: Job, batches: list[TickBatch], names: pa.Array[Any]) -> float:
     """Max relative difference between the literal baseline's and the engine's predictions."""
     assert job.weights is not None
     engine_job = Job(job.window, "window-zscore", "linear", job.weights)
@@ -478,9 +478,9 @@ def literal_agreement(job: Job, batches: list[TickBatch], names: pa.Array) -> fl
     if a.num_rows != b.num_rows:
         return float("inf")
     worst = 0.0
-    for name in names.to_pylist():
-        ya = a.filter(pc.equal(a["symbol"], name))["yhat"].to_numpy()
-        yb = b.filter(pc.equal(b["symbol"], name))["yhat"].to_numpy()
+    for name in map(str, names.to_pylist()):
+        ya = a.filter(pc.equal(a["symbol"], pa.scalar(name)))["yhat"].to_numpy()
+        yb = b.filter(pc.equal(b["symbol"], pa.scalar(name)))["yhat"].to_numpy()
         if ya.shape != yb.shape:
             return float("inf")
         if ya.size:
