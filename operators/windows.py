@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["WindowGeometry", "window_geometry", "windows_view"]
+__all__ = ["WindowGeometry", "window_geometries", "window_geometry", "windows_view"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,35 @@ def window_geometry(
         first_tick=first_tick,
         tail_len=tail_len,
     )
+
+
+def window_geometries(
+    seen: npt.NDArray[np.int64],
+    n_new: npt.NDArray[np.int64],
+    *,
+    window: int,
+    stride: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """`window_geometry` for many symbols at once: ``(count, first_end_pos)`` arrays.
+
+    Element ``i`` equals ``window_geometry(seen=seen[i], tail_len=min(seen[i], window - 1),
+    n_new=n_new[i], ...)``'s ``count`` and ``first_end_pos``: the same integer arithmetic, as
+    array operations, so a batch of thousands of symbols costs a few numpy calls, not a Python
+    call and a dataclass per symbol.
+
+    >>> count, first = window_geometries(np.array([0, 2, 9]), np.array([10, 1, 5]), window=4,
+    ...                                  stride=3)
+    >>> count.tolist(), first.tolist()
+    ([3, 0, 2], [3, 3, 3])
+    """
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be >= 1; got window={window}, stride={stride}")
+    tail_len = np.minimum(seen, window - 1)
+    first_possible = np.maximum(seen, window - 1)
+    first_tick = window - 1 + -(-(first_possible - (window - 1)) // stride) * stride
+    last_tick = seen + n_new - 1
+    count = np.where(first_tick > last_tick, 0, (last_tick - first_tick) // stride + 1)
+    return count, first_tick - seen + tail_len
 
 
 def windows_view(
