@@ -53,7 +53,13 @@ def test_start_runs_give_the_same_predictions_as_an_index_array(
     by_index, by_runs = np.empty((horizon, total)), np.empty((horizon, total))
     fk.predict(series, index, nb, by_index, scratch)
     fk.predict(series, runs, nb, by_runs, scratch)
-    assert np.array_equal(by_index, by_runs)
+    if fk.fft:
+        # With runs the FFT method also zeroes each row past its symbol's last window (the
+        # next symbol's values only add rounding); an index array does not tell where a symbol
+        # ends. The wanted windows are the same, so the two agree to rounding.
+        np.testing.assert_allclose(by_runs, by_index, rtol=1e-13, atol=0)
+    else:
+        assert np.array_equal(by_index, by_runs)
 
 
 def test_start_runs_outside_the_blocks_are_refused() -> None:
