@@ -356,6 +356,20 @@ def pandas_rolling(path: str | Path, job: LinearJob) -> Predictions:
     }
 
 
+def _symbol_prices(path: str | Path, window: int) -> Iterator[tuple[str, FloatArray]]:
+    """Each symbol's prices in tick order (one gathered array per symbol), for the symbols
+    with at least ``window`` ticks: what (e) and (e') feed their kernels, read and grouped
+    the same way (``read_columns``, then tickpool's ``group_by_symbol``)."""
+    from tickpool.operators.symbols import group_by_symbol
+
+    names, codes, price = read_columns(path)
+    groups = group_by_symbol(codes, len(names))
+    for k in groups.present.tolist():
+        rows = groups.rows(k)
+        if rows.shape[0] >= window:
+            yield names[k], price[rows]
+
+
 def numpy_kernels(path: str | Path, job: LinearJob) -> Predictions:
     """(e) tickpool's kernels over each symbol's whole array: the ceiling without a dataflow.
 
@@ -370,23 +384,16 @@ def numpy_kernels(path: str | Path, job: LinearJob) -> Predictions:
 
     from tickpool.operators.models import LinearModel
     from tickpool.operators.normalize import denormalize, window_zscore
-    from tickpool.operators.symbols import group_by_symbol
 
     window = job.window
     model = LinearModel(
         job.weights, job.intercept, window=window, horizon=1, normalize="window-zscore"
     )
-    names, codes, price = read_columns(path)
-    groups = group_by_symbol(codes, len(names))
     mat = np.empty((CHUNK_WINDOWS, window))
     loc, scale, scratch = np.empty(CHUNK_WINDOWS), np.empty(CHUNK_WINDOWS), np.empty(CHUNK_WINDOWS)
     out: Predictions = {}
     kernel_s = 0.0
-    for k in groups.present.tolist():
-        rows = groups.rows(k)
-        if rows.shape[0] < window:
-            continue
-        x = price[rows]
+    for name, x in _symbol_prices(path, window):
         view = sliding_window_view(x, window)
         yhat = np.empty((view.shape[0], 1))
         t0 = time.perf_counter()
@@ -397,7 +404,7 @@ def numpy_kernels(path: str | Path, job: LinearJob) -> Predictions:
             model.predict(mat[:m], yhat[i : i + m])
             denormalize(yhat[i : i + m], loc[:m], scale[:m])
         kernel_s += time.perf_counter() - t0
-        out[names[k]] = yhat[:, 0]
+        out[name] = yhat[:, 0]
     KERNEL_SECONDS.append(kernel_s)
     return out
 
@@ -420,7 +427,6 @@ def numpy_fused(path: str | Path, job: LinearJob) -> Predictions:
     """
     from tickpool.operators.fused import fused_kernel
     from tickpool.operators.models import LinearModel
-    from tickpool.operators.symbols import group_by_symbol
 
     window = job.window
     model = LinearModel(
@@ -436,15 +442,9 @@ def numpy_fused(path: str | Path, job: LinearJob) -> Predictions:
     starts = np.arange(chunk, dtype=np.intp)
     scratch = np.empty(fk.scratch_size(n_blocks, chunk))
     buf = np.empty((1, chunk))
-    names, codes, price = read_columns(path)
-    groups = group_by_symbol(codes, len(names))
     out: Predictions = {}
     kernel_s = 0.0
-    for k in groups.present.tolist():
-        rows = groups.rows(k)
-        if rows.shape[0] < window:
-            continue
-        x = price[rows]
+    for name, x in _symbol_prices(path, window):
         m = x.shape[0] - window + 1
         yhat = np.empty(m)
         t0 = time.perf_counter()
@@ -457,7 +457,7 @@ def numpy_fused(path: str | Path, job: LinearJob) -> Predictions:
             fk.predict(series, starts[:c], nb, buf[:, :c], scratch)
             yhat[i : i + c] = buf[0, :c]
         kernel_s += time.perf_counter() - t0
-        out[names[k]] = yhat
+        out[name] = yhat
     KERNEL_SECONDS.append(kernel_s)
     return out
 
