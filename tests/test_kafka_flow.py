@@ -327,6 +327,36 @@ def mock_bootstrap() -> Iterator[str]:
     owner.flush(5)
 
 
+def _published_topic(
+    bootstrap: str,
+    tmp_path: Path,
+    name: str,
+    ticks: int,
+    symbols: int,
+    *,
+    seed: int,
+    file_rows: int = 65_536,
+    rows: int | None = None,
+) -> str:
+    """A new topic holding ``ticks`` generated ticks, published by tickpool's publisher
+    (``rows`` per piece, its default if None) from a file of ``file_rows``-row batches."""
+    import dataclasses
+    import uuid
+
+    from bytewax.testing import run_main
+
+    from tickpool.connectors.synthetic import write_ticks
+
+    topic = f"tickpool-{name}-{uuid.uuid4().hex[:12]}"
+    path = tmp_path / f"{name}.arrow"
+    write_ticks(path, ticks, symbols, seed=seed, batch_rows=file_rows)
+    settings = PublishSettings(str(path), bootstrap, topic)
+    if rows is not None:
+        settings = dataclasses.replace(settings, batch_rows=rows)
+    run_main(build_publish_flow(settings))
+    return topic
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["arrow", "json"])
 def test_ticks_through_a_mock_kafka_cluster_match_a_file_replay(
@@ -342,16 +372,8 @@ def test_kafka_feed_stops_cleanly_on_sigint_with_final_stats_and_closed_outputs(
     import os
     import signal
     import time
-    import uuid
 
-    from bytewax.testing import run_main
-
-    from tickpool.connectors.synthetic import write_ticks
-
-    topic = f"tickpool-stop-{uuid.uuid4().hex[:12]}"
-    ticks = tmp_path / "ticks.arrow"
-    write_ticks(ticks, 5_000, 3, seed=3, batch_rows=1_000)
-    run_main(build_publish_flow(PublishSettings(str(ticks), mock_bootstrap, topic)))
+    topic = _published_topic(mock_bootstrap, tmp_path, "stop", 5_000, 3, seed=3, file_rows=1_000)
     out, stats = tmp_path / "out", tmp_path / "stats.jsonl"
     proc = subprocess.Popen(
         [
@@ -403,19 +425,8 @@ def test_kafka_feed_stops_cleanly_on_sigint_with_final_stats_and_closed_outputs(
 def test_a_poll_of_small_arrow_messages_becomes_one_item_not_one_per_message(
     mock_bootstrap: str, tmp_path: Path
 ) -> None:
-    import uuid
-
-    from bytewax.testing import run_main
-
-    from tickpool.connectors.synthetic import write_ticks
-
-    topic = f"tickpool-merge-{uuid.uuid4().hex[:12]}"
-    ticks = tmp_path / "ticks.arrow"
-    write_ticks(ticks, 8_192, 8, seed=5)
     # 1,024-row pieces split per symbol (the old publisher default): ~128-tick messages
-    run_main(
-        build_publish_flow(PublishSettings(str(ticks), mock_bootstrap, topic, batch_rows=1_024))
-    )
+    topic = _published_topic(mock_bootstrap, tmp_path, "merge", 8_192, 8, seed=5, rows=1_024)
 
     def polls(merge_rows: int) -> tuple[list[list[TickBatch]], dict[str, int]]:
         source = KafkaTickSource([mock_bootstrap], [topic], tail=False, merge_rows=merge_rows)
