@@ -21,9 +21,13 @@ its digits in running sums of raw prices):
 - Every block is shifted by its own first value ``c_j``: ``D = x - c_j`` (one (nb, B+W) matrix,
   a leading 0 column for the prefix sums). Values then differ from their reference by the
   price's movement over ``B + W`` ticks, not by the price.
-- ``sum(D)`` and ``sum(D^2)`` of a window are differences of per-block prefix sums (``cumsum``
-  along rows of ``B + W`` values), so no sum runs longer than one block: the variance's
-  cancellation is ``eps * (B + W) * (range of D)^2`` against ``W * s^2``.
+- ``sum(D)`` and ``sum(D^2)`` of a window: up to ``W = SUMS_GEMM_MAX_WINDOW`` products with a
+  (B + W - 1, B) band of ones (one GEMM each, the same as the correlation below), above it
+  differences of per-block prefix sums (``cumsum`` along rows of ``B + W`` values). Either way
+  no sum runs longer than one block: the variance's cancellation is at most
+  ``eps * (B + W) * (range of D)^2`` against ``W * s^2``. (numpy's ``cumsum`` is a chain of
+  dependent adds, about 3.5 ns per element here; a band GEMM costs 2 (B + W - 1) flops per
+  window, which BLAS does faster while W is small: docs/optimizations.md section 13.)
 - A window is constant iff none of its ``W - 1`` consecutive pairs differ: counted exactly (the
   prefix sum of ``x[i] != x[i-1]`` in int32; a window changes iff its two prefix counts differ,
   which stays true even if a count wrapped, since a window's count is below 2**31), so a flat
@@ -69,7 +73,14 @@ import numpy.typing as npt
 from tickpool.operators.models import LastValue, LinearModel, Model, WindowMean
 from tickpool.operators.normalize import CONST_RTOL
 
-__all__ = ["FFT_MIN_WINDOW", "FusedKernel", "StartRuns", "block_layout", "fused_kernel"]
+__all__ = [
+    "FFT_MIN_WINDOW",
+    "SUMS_GEMM_MAX_WINDOW",
+    "FusedKernel",
+    "StartRuns",
+    "block_layout",
+    "fused_kernel",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -77,6 +88,8 @@ Kind = Literal["linear", "mean", "last"]
 
 FFT_MIN_WINDOW: Final = 128
 """From this window on, ``D . w`` is computed by FFT instead of a Toeplitz GEMM."""
+SUMS_GEMM_MAX_WINDOW: Final = 64
+"""Up to this window, window sums are GEMMs with a band of ones; above it, prefix sums."""
 
 _FUSED_MODES: Final = ("window-zscore", "none")
 _BLAS_SERIAL_MNK: Final = 65536 * 4
@@ -123,12 +136,16 @@ class StartRuns:
 def _block_size(window: int, fft: bool) -> int:
     """Windows per block (>= W: a window must fit in its block's span).
 
-    GEMM: 2W, at least 64 (the Toeplitz product costs 2 (B + W - 1) flops per window, the prefix
-    sums (B + W) / B elements per window). FFT: 4W rounded up to a power of two, less W - 1, so a
-    block's span fills the FFT length exactly. Tuned at W = 16..256 (docs/optimizations.md).
+    GEMM up to ``SUMS_GEMM_MAX_WINDOW``: W rounded up to 16, at least 32 (up to three band
+    GEMMs, each 2 (B + W - 1) flops per window: the smaller the block, the fewer flops wasted).
+    Larger W: 2W (the prefix sums cost (B + W) / B elements per window, the one GEMM
+    2 (B + W - 1) flops). FFT: 4W rounded up to a power of two, less W - 1, so a block's span
+    fills the FFT length exactly. Tuned at W = 8..256 (docs/optimizations.md sections 1, 13).
     """
     if fft:
         return _fft_size(4 * window) - window + 1
+    if window <= SUMS_GEMM_MAX_WINDOW:
+        return max(-(-window // 16) * 16, 32)
     return max(2 * window, 64)
 
 
@@ -155,6 +172,7 @@ class FusedKernel:
     intercept: FloatArray  # (H,)
     toeplitz: FloatArray | None  # (H, B + W - 1, B), GEMM method
     spectrum: npt.NDArray[np.complex128] | None  # (H, nfft // 2 + 1), conj(rfft(w)), FFT method
+    ones: FloatArray | None  # (B + W - 1, B) band of ones: window sums by GEMM (W <= 64)
 
     @property
     def nfft(self) -> int:
@@ -291,9 +309,8 @@ class FusedKernel:
                 gather(y, h)
             return
 
-        # mu = mean(D) of each window: prefix-sum differences within its block's row.
-        np.cumsum(dz, axis=1, out=q)
-        np.subtract(q[:, w:width], q[:, :b], out=mu)
+        # mu = mean(D) of each window, from its block's row.
+        self._window_sums(dz, q, mu)
         np.divide(mu, w, out=mu)
         if self.kind == "mean":
             np.add(mu, ref[:, None], out=y)
@@ -303,8 +320,7 @@ class FusedKernel:
 
         # s: population std from mean(D^2) - mu^2 (D is small: little cancellation).
         np.multiply(dz, dz, out=q)
-        np.cumsum(q, axis=1, out=q)
-        np.subtract(q[:, w:width], q[:, :b], out=s)
+        self._window_sums(q, q, s)
         np.divide(s, w, out=s)
         np.multiply(mu, mu, out=y)
         np.subtract(s, y, out=s)
@@ -338,6 +354,20 @@ class FusedKernel:
             np.multiply(s, self.intercept[h], out=a)
             np.add(tmp, a, out=tmp)
             gather(tmp, h)
+
+    def _window_sums(self, d: FloatArray, work: FloatArray, out: FloatArray) -> None:
+        """``out[j, r]`` = the sum of ``d[j, 1 + r : 1 + r + W]``: every window's sum in its row.
+
+        ``d`` is (nb, B + W) with a leading 0 column; ``work`` is room of the same shape (it
+        may be ``d`` itself). A band GEMM while W is small, else per-row prefix sums in
+        ``work`` and their differences.
+        """
+        if self.ones is not None:
+            _serial_gemm(d[:, 1:], self.ones, out)
+        else:
+            w, b = self.window, self.block
+            np.cumsum(d, axis=1, out=work)
+            np.subtract(work[:, w : b + w], work[:, :b], out=out)
 
 
 def _serial_gemm(d: FloatArray, t: FloatArray, out: FloatArray) -> None:
@@ -424,7 +454,9 @@ def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | 
     b = _block_size(window, fft)
     wsum = np.zeros(h)
     intercept = np.zeros(h)
-    toeplitz = spectrum = None
+    toeplitz = spectrum = ones = None
+    if kind != "last" and normalize == "window-zscore" and window <= SUMS_GEMM_MAX_WINDOW:
+        ones = _band(np.ones((1, window)), b)[0]
     if isinstance(model, LinearModel):
         weights = model.weights  # (W, H)
         wsum = weights.sum(axis=0)
@@ -433,9 +465,7 @@ def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | 
             nfft = _fft_size(b + window - 1)
             spectrum = np.conj(np.fft.rfft(weights.T, n=nfft, axis=1))
         else:
-            toeplitz = np.zeros((h, b + window - 1, b))
-            for r in range(b):
-                toeplitz[:, r : r + window, r] = weights.T
+            toeplitz = _band(weights.T, b)
     return FusedKernel(
         kind=kind,
         window=window,
@@ -447,4 +477,21 @@ def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | 
         intercept=intercept,
         toeplitz=toeplitz,
         spectrum=spectrum,
+        ones=ones,
     )
+
+
+def _band(rows: FloatArray, block: int) -> FloatArray:
+    """(H, B + W - 1, B) Toeplitz matrices: column ``r`` holds row ``h`` of ``rows`` from ``r`` on.
+
+    ``d @ band[h]`` of a block's B + W - 1 values gives ``rows[h] . d[r : r + W]`` for every
+    start ``r`` in the block.
+
+    >>> _band(np.array([[1.0, 2.0]]), 2)[0].tolist()
+    [[1.0, 0.0], [2.0, 1.0], [0.0, 2.0]]
+    """
+    h, window = rows.shape
+    band = np.zeros((h, block + window - 1, block))
+    for r in range(block):
+        band[:, r : r + window, r] = rows
+    return band

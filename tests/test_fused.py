@@ -16,7 +16,13 @@ from tests.common import REAL_DATA, price_walks
 from tests.reference import engine_by_symbol, reference_table
 from tests.test_engine import assert_matches_reference, make_model, plain_for, run_engine
 from tickpool.operators.engine import EngineConfig, WindowPredictor
-from tickpool.operators.fused import FFT_MIN_WINDOW, FusedKernel, block_layout, fused_kernel
+from tickpool.operators.fused import (
+    FFT_MIN_WINDOW,
+    SUMS_GEMM_MAX_WINDOW,
+    FusedKernel,
+    block_layout,
+    fused_kernel,
+)
 from tickpool.operators.items import TickBatch
 from tickpool.operators.models import Ensemble, LastValue, LinearModel, WindowMean
 from tickpool.pipeline.pool import BufferPool
@@ -62,7 +68,11 @@ def fused_run(
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     table=walk_tables(),
-    window=st.one_of(st.integers(1, 40), st.integers(FFT_MIN_WINDOW - 2, FFT_MIN_WINDOW + 20)),
+    # Both sides of each switch: window sums by band GEMM / by prefix sums, then GEMM / FFT.
+    window=st.one_of(
+        st.integers(1, SUMS_GEMM_MAX_WINDOW + 24),
+        st.integers(FFT_MIN_WINDOW - 2, FFT_MIN_WINDOW + 20),
+    ),
     stride=st.integers(1, 3),
     horizon=st.integers(1, 3),
     case=st.sampled_from(FUSED_CASES),
@@ -88,7 +98,8 @@ def test_fused_predictions_match_plain_reference_whatever_the_batch_cuts(
     assert pool.stats().leased == 0
 
 
-@pytest.mark.parametrize("window", [64, 256])  # Toeplitz GEMM, FFT
+# Window sums by band GEMM (16, 64) and by prefix sums (96); correlation by FFT (256).
+@pytest.mark.parametrize("window", [16, 64, 96, 256])
 @pytest.mark.parametrize("mode", ["window-zscore", "none"])
 def test_real_btcusdt_fused_predictions_match_reference(window: int, mode: str) -> None:
     # BTCUSDT near 9,700 with a 64-tick std down to 0.0017: raw-price running sums fail here.
@@ -226,7 +237,7 @@ def test_serial_gemm_writes_every_row_of_the_product(chunks: int, extra: int) ->
     assert np.isnan(scratch[rows * n :]).all()  # nothing written past out
 
 
-@pytest.mark.parametrize("window", [24, FFT_MIN_WINDOW])  # Toeplitz GEMM, FFT
+@pytest.mark.parametrize("window", [24, 96, FFT_MIN_WINDOW])  # band sums, prefix sums, FFT
 def test_many_symbols_with_dead_rows_match_reference(window: int) -> None:
     # 150 symbols at price levels from 1 to 50,000, a few busy and many rare (most batches hold
     # symbols that end no window yet), 1% NaN rows (dead letters, not in any window), random
