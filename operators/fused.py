@@ -21,10 +21,10 @@ its digits in running sums of raw prices):
 - Every block is shifted by its own first value ``c_j``: ``D = x - c_j`` (one (nb, B+W) matrix,
   a leading 0 column for the prefix sums). Values then differ from their reference by the
   price's movement over ``B + W`` ticks, not by the price.
-- ``sum(D)`` and ``sum(D^2)`` of a window: up to ``W = SUMS_GEMM_MAX_WINDOW`` products with a
-  (B + W - 1, B) band of ones (one GEMM each, the same as the correlation below), above it
-  differences of per-block prefix sums (``cumsum`` along rows of ``B + W`` values). Either way
-  no sum runs longer than one block: the variance's cancellation is at most
+- The means of ``D`` and ``D^2`` over each window: up to ``W = SUMS_GEMM_MAX_WINDOW`` products
+  with a (B + W - 1, B) band of 1/W (one GEMM each, like the correlation below), above it
+  differences of per-block prefix sums (``cumsum`` along rows of ``B + W`` values) over W.
+  Either way no sum runs longer than one block: the variance's cancellation is at most
   ``eps * (B + W) * (range of D)^2`` against ``W * s^2``. (numpy's ``cumsum`` is a chain of
   dependent adds, about 3.5 ns per element here; a band GEMM costs 2 (B + W - 1) flops per
   window, which BLAS does faster while W is small: docs/optimizations.md section 13.)
@@ -89,7 +89,7 @@ Kind = Literal["linear", "mean", "last"]
 FFT_MIN_WINDOW: Final = 128
 """From this window on, ``D . w`` is computed by FFT instead of a Toeplitz GEMM."""
 SUMS_GEMM_MAX_WINDOW: Final = 64
-"""Up to this window, window sums are GEMMs with a band of ones; above it, prefix sums."""
+"""Up to this window, window means are GEMMs with a band of 1/W; above it, prefix sums."""
 
 _FUSED_MODES: Final = ("window-zscore", "none")
 _BLAS_SERIAL_MNK: Final = 65536 * 4
@@ -172,7 +172,7 @@ class FusedKernel:
     intercept: FloatArray  # (H,)
     toeplitz: FloatArray | None  # (H, B + W - 1, B), GEMM method
     spectrum: npt.NDArray[np.complex128] | None  # (H, nfft // 2 + 1), conj(rfft(w)), FFT method
-    ones: FloatArray | None  # (B + W - 1, B) band of ones: window sums by GEMM (W <= 64)
+    averaging: FloatArray | None  # (B + W - 1, B) band of 1/W: window means by GEMM (W <= 64)
 
     @property
     def nfft(self) -> int:
@@ -264,10 +264,13 @@ class FusedKernel:
 
         # Block references c_j = series[j * B]; D = series - c_j over each block's B + W - 1
         # values, after a 0 column (so a window's sum is a difference of two prefix sums).
+        # A row is its own block then the first W - 1 values of the next: two reshaped views.
         ref = series[:cells:b]
-        spans = np.lib.stride_tricks.sliding_window_view(series[: cells + w - 1], width - 1)[::b]
         dz[:, 0] = 0.0
-        np.subtract(spans, ref[:, None], out=dz[:, 1:])
+        np.subtract(series[:cells].reshape(nb, b), ref[:, None], out=dz[:, 1 : b + 1])
+        np.subtract(
+            series[b : cells + b].reshape(nb, b)[:, : w - 1], ref[:, None], out=dz[:, b + 1 :]
+        )
 
         corr = spec = prod = None
         if self.kind == "linear":
@@ -310,8 +313,7 @@ class FusedKernel:
             return
 
         # mu = mean(D) of each window, from its block's row.
-        self._window_sums(dz, q, mu)
-        np.divide(mu, w, out=mu)
+        self._window_means(dz, q, mu)
         if self.kind == "mean":
             np.add(mu, ref[:, None], out=y)
             gather(y, 0)
@@ -320,8 +322,7 @@ class FusedKernel:
 
         # s: population std from mean(D^2) - mu^2 (D is small: little cancellation).
         np.multiply(dz, dz, out=q)
-        self._window_sums(q, q, s)
-        np.divide(s, w, out=s)
+        self._window_means(q, q, s)
         np.multiply(mu, mu, out=y)
         np.subtract(s, y, out=s)
         np.maximum(s, 0.0, out=s)
@@ -355,19 +356,20 @@ class FusedKernel:
             np.add(tmp, a, out=tmp)
             gather(tmp, h)
 
-    def _window_sums(self, d: FloatArray, work: FloatArray, out: FloatArray) -> None:
-        """``out[j, r]`` = the sum of ``d[j, 1 + r : 1 + r + W]``: every window's sum in its row.
+    def _window_means(self, d: FloatArray, work: FloatArray, out: FloatArray) -> None:
+        """``out[j, r]`` = the mean of ``d[j, 1 + r : 1 + r + W]``: every window's mean in its row.
 
         ``d`` is (nb, B + W) with a leading 0 column; ``work`` is room of the same shape (it
         may be ``d`` itself). A band GEMM while W is small, else per-row prefix sums in
-        ``work`` and their differences.
+        ``work``, their differences, divided by W.
         """
-        if self.ones is not None:
-            _serial_gemm(d[:, 1:], self.ones, out)
+        if self.averaging is not None:
+            _serial_gemm(d[:, 1:], self.averaging, out)
         else:
             w, b = self.window, self.block
             np.cumsum(d, axis=1, out=work)
             np.subtract(work[:, w : b + w], work[:, :b], out=out)
+            np.divide(out, w, out=out)
 
 
 def _serial_gemm(d: FloatArray, t: FloatArray, out: FloatArray) -> None:
@@ -454,9 +456,9 @@ def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | 
     b = _block_size(window, fft)
     wsum = np.zeros(h)
     intercept = np.zeros(h)
-    toeplitz = spectrum = ones = None
+    toeplitz = spectrum = averaging = None
     if kind != "last" and normalize == "window-zscore" and window <= SUMS_GEMM_MAX_WINDOW:
-        ones = _band(np.ones((1, window)), b)[0]
+        averaging = _band(np.full((1, window), 1.0 / window), b)[0]
     if isinstance(model, LinearModel):
         weights = model.weights  # (W, H)
         wsum = weights.sum(axis=0)
@@ -477,7 +479,7 @@ def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | 
         intercept=intercept,
         toeplitz=toeplitz,
         spectrum=spectrum,
-        ones=ones,
+        averaging=averaging,
     )
 
 
