@@ -34,7 +34,9 @@ its digits in running sums of raw prices):
   run gives ``s = 0`` and ``yhat = m`` exactly as the reference, whatever rounding the sums carry.
 - The linear term is taken on ``D`` as well: ``x . w = D . w + c_j * sum(w)``, and the formula
   above becomes ``yhat = c_j + mu + (D . w - mu * sum(w)) + b * s`` with ``mu = mean(D)``: every
-  term but ``c_j`` is of the size of the price's local movement, so nothing cancels.
+  term but ``c_j`` is of the size of the price's local movement, so nothing cancels. And
+  ``D . w - mu * sum(w) = D . (w - mean(w))``: under window z-score the kernel correlates with
+  the centred weights ``w' = w - mean(w)``, one correlation and no ``mu * sum(w)`` pass.
 
 ``D . w`` for every window at once is a correlation, computed per block: for ``W < 128`` as one
 GEMM with a (B + W - 1, B) Toeplitz matrix of the weights (``A = D @ T``, ``T[u, r] = w[u - r]``),
@@ -168,10 +170,10 @@ class FusedKernel:
     normalize: str
     block: int
     fft: bool
-    wsum: FloatArray  # (H,) sum of each weight column
+    wsum: FloatArray  # (H,) sum of each weight column (used under normalize "none")
     intercept: FloatArray  # (H,)
-    toeplitz: FloatArray | None  # (H, B + W - 1, B), GEMM method
-    spectrum: npt.NDArray[np.complex128] | None  # (H, nfft // 2 + 1), conj(rfft(w)), FFT method
+    toeplitz: FloatArray | None  # (H, B + W - 1, B) band of the weights (centred: window-zscore)
+    spectrum: npt.NDArray[np.complex128] | None  # (H, nfft // 2 + 1), conj(rfft(w)), likewise
     averaging: FloatArray | None  # (B + W - 1, B) band of 1/W: window means by GEMM (W <= 64)
 
     @property
@@ -345,12 +347,10 @@ class FusedKernel:
         np.multiply(keep, CONST_RTOL, out=keep)
         np.greater(s, keep, out=keep)
         np.multiply(s, keep, out=s)
-        # yhat = m + keep * (D . w - mu * sum(w)) + b * s
+        # yhat = m + keep * (D . w') + b * s, with the centred weights w' (module docstring)
         for h in range(self.horizon):
             a = correlation(h)
-            np.multiply(mu, self.wsum[h], out=tmp)
-            np.subtract(a, tmp, out=tmp)
-            np.multiply(tmp, keep, out=tmp)
+            np.multiply(a, keep, out=tmp)
             np.add(tmp, m, out=tmp)
             np.multiply(s, self.intercept[h], out=a)
             np.add(tmp, a, out=tmp)
@@ -463,6 +463,8 @@ def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | 
         weights = model.weights  # (W, H)
         wsum = weights.sum(axis=0)
         intercept = model.intercept.copy()
+        if normalize == "window-zscore":
+            weights = weights - weights.mean(axis=0)  # centred: D . w' = D . w - mu * sum(w)
         if fft:
             nfft = _fft_size(b + window - 1)
             spectrum = np.conj(np.fft.rfft(weights.T, n=nfft, axis=1))
