@@ -31,6 +31,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tickpool.operators.normalize import parse_mode
+from tickpool.pipeline.allocator import keep_freed_memory
 
 __all__ = ["build_parser", "main"]
 
@@ -353,6 +354,7 @@ def run_job(
     recovery, resuming = recovery_for(config)
     if not resuming:
         clear_outputs(config)
+    keep_freed_memory()  # no page faults for each batch's temporaries (pipeline/allocator.py)
     t0 = time.perf_counter()
     with observed_progress(observer, label, total=total, quiet=quiet):
         cli_main(  # type: ignore[no-untyped-call]

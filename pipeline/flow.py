@@ -264,7 +264,12 @@ def from_toml(path: str, **overrides: Any) -> Dataflow:
     With several processes, give ``shards`` (or a ``shards`` key) equal to the total
     worker count, so every worker gets a shard; outputs of an earlier run are not
     removed here (``tickpool replay`` does that), since each process builds the flow.
+    Like the command line, it keeps freed memory in the process
+    (`tickpool.pipeline.allocator.keep_freed_memory`).
     """
+    from tickpool.pipeline.allocator import keep_freed_memory
     from tickpool.pipeline.config import load_config
+
+    keep_freed_memory()
 
     return build_flow(load_config(path).replace(**overrides))
