@@ -6,8 +6,38 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Fixed:
+    """A table cell that prints with its own format and stays a number for later arithmetic.
+
+    Row builders return these instead of formatted strings, so code that computes from a
+    table (a verdict, a note under it) reads ``float(cell)`` rather than parsing the text.
+
+    >>> cell = Fixed(12345.678, ",.1f")
+    >>> str(cell), float(cell) * 2
+    ('12,345.7', 24691.356)
+    """
+
+    value: float
+    spec: str = ",.3f"
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __str__(self) -> str:
+        return format(self.value, self.spec)
+
+
+def number(cell: object) -> float:
+    """The number in a table cell built from ints, floats or `Fixed`."""
+    if isinstance(cell, Fixed | int | float):
+        return float(cell)
+    raise TypeError(f"table cell {cell!r} is not a number (expected int, float or Fixed)")
 
 
 def median_ns_per_call(fn: Callable[[], object], *, calls: int, repeats: int) -> float:

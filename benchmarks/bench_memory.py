@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import machine_line, markdown_table
+from benchmarks._report import Fixed, machine_line, markdown_table, number
 from benchmarks._runner import BLAS_THREAD_VARS, REPO, model_file, tick_file, wait_watching_memory
 
 WINDOW = 64
@@ -197,9 +197,8 @@ def allocation_rows(batch_rows: list[int], counts: list[int]) -> list[list[objec
                 check=True,
             ).stdout.split()
             allocs, nbytes = float(out[0]), float(out[1])
-            rows.append(
-                [f"{size:,}", n, f"{allocs:,.0f}", f"{nbytes / 1024:,.0f}", f"{nbytes / size:.1f}"]
-            )
+            kb, per_row = Fixed(nbytes / 1024, ",.0f"), Fixed(nbytes / size, ".1f")
+            rows.append([size, n, Fixed(allocs, ",.0f"), kb, per_row])
     return rows
 
 
@@ -246,9 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown_table(headers, rows))
     per_size: dict[int, list[float]] = {}
     for row in rows:
-        per_size.setdefault(int(str(row[0]).replace(",", "")), []).append(
-            float(str(row[2]).replace(",", ""))
-        )
+        per_size.setdefault(int(number(row[0])), []).append(number(row[2]))
     big = [c for size, cs in per_size.items() if size >= 16384 for c in cs]
     smallest = min(per_size)
     print(

@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
-from benchmarks._report import machine_line, markdown_table, median_ns_per_call
+from benchmarks._report import Fixed, machine_line, markdown_table, median_ns_per_call, number
 from benchmarks.bench_operators import _make_counter
 from tickpool.operators.models import LinearModel
 from tickpool.operators.normalize import zscore_inplace
@@ -111,7 +111,7 @@ def preprocessing_rows(repeats: int) -> list[list[object]]:
     ):
         allocs, nbytes, peak = measure(fn)
         us = median_ns_per_call(fn, calls=2_000, repeats=repeats) / 1e3
-        rows.append([name, f"{us:.1f}", allocs, nbytes, peak, rust.get(name, "")])
+        rows.append([name, Fixed(us, ".1f"), allocs, nbytes, peak, rust.get(name, "")])
     return rows
 
 
@@ -167,7 +167,7 @@ def loading_rows(repeats: int) -> list[list[object]]:
         allocs, nbytes, peak = measure(fn)
         ms = median_ns_per_call(fn, calls=5, repeats=repeats) / 1e6
         copies = SAMPLES * WINDOW  # every sample's values copied once into a batch, both ways
-        rows.append([name, f"{ms:.2f}", allocs, nbytes, peak, f"{copies:,}"])
+        rows.append([name, Fixed(ms, ".2f"), allocs, nbytes, peak, copies])
     return rows
 
 
@@ -209,7 +209,7 @@ def inference_rows(repeats: int) -> tuple[list[list[object]], dict[str, Any]]:
     ):
         allocs, nbytes, peak = measure(fn)
         per_s = SAMPLES / (median_ns_per_call(fn, calls=20, repeats=repeats) / 1e9)
-        rows.append([name, f"{per_s:,.0f}", allocs, nbytes, peak])
+        rows.append([name, Fixed(per_s, ",.0f"), allocs, nbytes, peak])
     stats = pool.stats()
     hits = stats.hits - leases_before.hits
     misses = stats.misses - leases_before.misses
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{rust_before:,} -> {rust_after:,} predictions/s for a neural network and a peak under "
         f"{RUST_PEAK_MB} MB; bench_memory has tickpool's peak for whole replays.\n"
     )
-    batch_speed = _num(rows[1][1]) / _num(rows[0][1])
+    batch_speed = number(rows[1][1]) / number(rows[0][1])
     print(
         f"At batch {BATCH} the pooled loop allocates nothing but runs at {batch_speed:.2f}x the "
         "allocating loop's speed: each call of the model's checked `predict` (argument checks, "
@@ -291,11 +291,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"<!-- bench_original took {time.perf_counter() - t0:.0f} s -->")
 
 
-def _num(cell: object) -> float:
-    """A table cell's number (cells are formatted strings such as ``"1,234"``)."""
-    return float(str(cell).replace(",", ""))
-
-
 def verdicts(
     prep: list[list[object]],
     loading: list[list[object]],
@@ -309,9 +304,9 @@ def verdicts(
     """
     rust_before, rust_after = RUST_NORMALIZE_US
     rust_gain = rust_before / rust_after
-    us_before, us_pooled, us_inplace = (_num(r[1]) for r in prep)
-    ms_before, ms_after = (_num(r[1]) for r in loading)
-    p_before, p_batch, p_whole = (_num(r[1]) for r in inference)
+    us_before, us_pooled, us_inplace = (number(r[1]) for r in prep)
+    ms_before, ms_after = (number(r[1]) for r in loading)
+    p_before, p_batch, p_whole = (number(r[1]) for r in inference)
     r_before, r_after = RUST_PREDICTIONS_PER_S
     gain, inference_gain = us_before / us_pooled, p_batch / p_before
     return [

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks._report import Fixed, markdown_table, number
 from benchmarks.baselines import (
     RAM_DIR,
     LinearJob,
@@ -162,11 +163,11 @@ def test_every_tickpool_variant_runs_the_whole_job(
 
 
 def test_verdicts_set_our_gains_against_the_originals_like_for_like() -> None:
-    # Made-up tables in bench_original's formats: normalize allocating / pooled / in place (us),
-    # loading before / after (ms), inference before / pooled at batch 32 / one call (per s).
-    prep: list[list[object]] = [["a", "24.0", 16], ["p", "12.0", 5], ["i", "10.0", 5]]
-    loading: list[list[object]] = [["a", "1.00"], ["p", "0.50"]]
-    inference: list[list[object]] = [["a", "1,000,000"], ["p", "1,100,000"], ["w", "8,000,000"]]
+    # Made-up tables as bench_original builds them: normalize allocating / pooled / in place
+    # (us), loading before / after (ms), inference before / pooled at batch 32 / one call (per s).
+    prep: list[list[object]] = [["a", Fixed(24.0), 16], ["p", Fixed(12.0), 5], ["i", 10.0, 5]]
+    loading: list[list[object]] = [["a", Fixed(1.0, ".2f")], ["p", Fixed(0.5, ".2f")]]
+    inference: list[list[object]] = [["a", 1_000_000], ["p", Fixed(1.1e6)], ["w", 8_000_000.0]]
     rows = {r[0]: r for r in verdicts(prep, loading, inference, {"reuse": 0.99, "leases": 10})}
     normalize = rows["normalize 10,000 points: allocating -> pooled"]
     assert normalize[1] == "12 -> 8 us (1.50x)"
@@ -178,6 +179,14 @@ def test_verdicts_set_our_gains_against_the_originals_like_for_like() -> None:
     assert batch[3].startswith("short of the original's gain")  # 1.10x < 2,800 / 2,100
     assert rows["batch loading, one epoch"][2] == "1.00 -> 0.50 ms (2.0x)"
     assert rows["buffer reuse"][3] == "+21 points"
+
+
+def test_table_cells_print_their_format_and_stay_numbers() -> None:
+    cells = [Fixed(1234.5678, ",.1f"), 7, 2.5]
+    assert markdown_table(["a", "b", "c"], [cells]).splitlines()[2] == "| 1,234.6 | 7 | 2.500 |"
+    assert [number(c) for c in cells] == [1234.5678, 7.0, 2.5]
+    with pytest.raises(TypeError, match="'1,234' is not a number"):
+        number("1,234")  # a formatted string is text, not a number
 
 
 def test_bench_original_prints_the_comparison_with_the_original() -> None:
