@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import itertools
 import tracemalloc
 from pathlib import Path
@@ -15,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
-from tickpool.operators import models
 from tickpool.operators.models import (
     LINEAR_FORMAT,
     BufferSource,
@@ -593,9 +591,3 @@ def test_ridge_fit_refuses_non_finite_rows_and_mismatched_shapes() -> None:
 
 
 # ---------------------------------------------------------------- docs
-
-
-def test_docstring_examples_run() -> None:
-    failures, attempted = doctest.testmod(models, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert attempted > 0
-    assert failures == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import itertools
 import pickle
 import tracemalloc
@@ -499,9 +498,3 @@ def test_mode_helpers_classify_every_mode() -> None:
     assert parse_mode("robust") == "robust"
     with pytest.raises(ValueError, match="not one of"):
         parse_mode("z-score")
-
-
-def test_docstring_examples_run() -> None:
-    result = doctest.testmod(normalize, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0
-    assert result.failed == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ from statsmodels.tsa.seasonal import seasonal_decompose as sm_seasonal_decompose
 
 from tests.common import REAL_DATA
 from tests.common import price_walks as _walks
-from tickpool.operators import preprocess
 from tickpool.operators.preprocess import clip_mad, clip_quantiles, seasonal_decompose
 
 FloatArray = npt.NDArray[np.float64]
@@ -222,9 +220,3 @@ def test_seasonal_decompose_needs_two_full_cycles() -> None:
         seasonal_decompose(
             np.r_[np.ones(22), np.nan], 2, trend_out=out[0], seasonal_out=out[1], resid_out=out[2]
         )
-
-
-def test_docstring_examples_run() -> None:
-    result = doctest.testmod(preprocess)
-    assert result.attempted > 0
-    assert result.failed == 0
