@@ -42,7 +42,13 @@ from tickpool.operators.columns import (
     TickSchemaError,
     read_ticks,
 )
-from tickpool.operators.fused import FusedKernel, StartRuns, block_layout, fused_kernel
+from tickpool.operators.fused import (
+    FusedKernel,
+    StartRuns,
+    block_layout,
+    fused_kernel,
+    fused_pays,
+)
 from tickpool.operators.items import DeadLetter, TickBatch, prediction_schema
 from tickpool.operators.models import Ensemble, LinearModel, Model, check_compatible
 from tickpool.operators.normalize import (
@@ -142,8 +148,9 @@ class WindowPredictor:
         pool: where every hot-path buffer is leased from.
         resume: a :meth:`snapshot` to continue from.
         fused: use the fused kernels of :mod:`~tickpool.operators.fused` where the model and
-            mode allow (the built-in models under ``window-zscore`` or ``none``): rolling sums
-            and one correlation per horizon over the whole batch, no window matrix. False
+            mode allow (the built-in models under ``window-zscore`` or ``none``) and the stride
+            is small enough for them to pay (`~tickpool.operators.fused.fused_pays`): rolling
+            sums and one correlation per horizon over the whole batch, no window matrix. False
             forces the general path (for comparisons; same results to float rounding).
 
     Example:
@@ -184,9 +191,9 @@ class WindowPredictor:
             or bool(model.needs_contiguous)
             or isinstance(model, LinearModel | Ensemble)  # BLAS wants rows of their own
         )
-        self._fused: FusedKernel | None = (
-            fused_kernel(model, window=config.window, normalize=config.normalize) if fused else None
-        )
+        self._fused: FusedKernel | None = None
+        if fused and fused_pays(config.window, config.stride):
+            self._fused = fused_kernel(model, window=config.window, normalize=config.normalize)
         self._ramp32: npt.NDArray[np.int32] = np.arange(0, dtype=np.int32)  # 0, 1, 2, ...
         self.rows = 0
         self.processed = 0

@@ -82,6 +82,7 @@ __all__ = [
     "StartRuns",
     "block_layout",
     "fused_kernel",
+    "fused_pays",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -483,6 +484,21 @@ def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | 
         spectrum=spectrum,
         averaging=averaging,
     )
+
+
+def fused_pays(window: int, stride: int) -> bool:
+    """Whether the fused kernel beats the general path at this window and stride.
+
+    The kernel computes every start position of the batch and keeps one in ``stride``; the
+    general path computes only the ``n / stride`` windows, at O(W) each. Measured on 1 M ticks
+    of 8 symbols (docs/optimizations.md section 15), the general path wins from about
+    ``stride = 8`` at W=16 and W=64 and ``stride = 32`` at W=256: so fused while ``stride <= 4``
+    or ``16 * stride <= window``.
+
+    >>> fused_pays(64, 1), fused_pays(64, 4), fused_pays(64, 16), fused_pays(256, 16)
+    (True, True, False, True)
+    """
+    return stride <= 4 or 16 * stride <= window
 
 
 def _band(rows: FloatArray, block: int) -> FloatArray:

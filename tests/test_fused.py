@@ -141,6 +141,36 @@ def test_linear_mean_last_take_the_fused_path_and_user_models_do_not() -> None:
     assert not WindowPredictor(cfg, linear, pool, fused=False).fused
 
 
+@pytest.mark.parametrize(
+    ("window", "stride", "fused"),
+    [
+        (16, 4, True),
+        (16, 8, False),
+        (64, 4, True),
+        (64, 16, False),
+        (256, 16, True),
+        (256, 32, False),
+    ],
+)
+def test_large_strides_take_the_general_path(window: int, stride: int, fused: bool) -> None:
+    # The kernel computes every start and keeps 1 in S; the general path only the n/S windows
+    # (docs/optimizations.md section 15). Either way the predictions are the reference's.
+    cfg = EngineConfig(window=window, stride=stride, horizon=2, normalize="window-zscore")
+    model = make_model("linear", window, 2, "window-zscore", seed=3)
+    assert WindowPredictor(cfg, model, BufferPool()).fused is fused
+    rng = np.random.default_rng(window + stride)
+    n = 3_000
+    table = pa.table(
+        {
+            "ts": pa.array(np.arange(n, dtype=np.int64), pa.timestamp("ns", tz="UTC")),
+            "symbol": pa.array([f"S{k}" for k in rng.integers(0, 3, n)]).dictionary_encode(),
+            "price": 100.0 + np.cumsum(rng.normal(0.0, 0.05, n)),
+        }
+    )
+    batches = run_engine(table, [700, 701, 2_000], cfg, model, BufferPool.for_tier("small"))
+    assert_matches_reference(table, batches, cfg, model)
+
+
 def test_fused_kernel_runs_on_every_batch_with_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     predict = FusedKernel.predict
