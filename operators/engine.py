@@ -13,9 +13,10 @@ turns each :class:`~tickpool.operators.items.TickBatch` into one prediction
    cut the windows as a strided view (copied into a pooled matrix only for
    per-window normalization or a model that wants contiguous rows), predict into a
    pooled output, and map predictions back to the value's units;
-   For the built-in models under ``window-zscore`` (and ``linear`` under ``none``),
-   step 3 is instead one call of a fused kernel (:mod:`~tickpool.operators.fused`) over
-   every symbol of the batch at once: rolling sums and one correlation, no window matrix;
+   For the built-in models under ``window-zscore`` (and ``linear`` under ``none``), at
+   strides where it pays, step 3 is instead one call of a fused kernel
+   (:mod:`~tickpool.operators.fused`) over every symbol of the batch at once: rolling sums
+   and one correlation, no window matrix;
 4. wrap the pooled outputs zero-copy as Arrow columns: the buffers return to the
    pool when the last consumer drops the prediction batch.
 
@@ -47,7 +48,6 @@ from tickpool.operators.fused import (
     StartRuns,
     block_layout,
     fused_kernel,
-    fused_pays,
 )
 from tickpool.operators.items import DeadLetter, TickBatch, prediction_schema
 from tickpool.operators.models import Ensemble, LinearModel, Model, check_compatible
@@ -149,9 +149,9 @@ class WindowPredictor:
         resume: a :meth:`snapshot` to continue from.
         fused: use the fused kernels of :mod:`~tickpool.operators.fused` where the model and
             mode allow (the built-in models under ``window-zscore`` or ``none``) and the stride
-            is small enough for them to pay (`~tickpool.operators.fused.fused_pays`): rolling
-            sums and one correlation per horizon over the whole batch, no window matrix. False
-            forces the general path (for comparisons; same results to float rounding).
+            is small enough for them to pay (``FusedKernel.pays_at``): rolling sums and one
+            correlation per horizon over the whole batch, no window matrix. False forces the
+            general path (for comparisons; same results to float rounding).
 
     Example:
 
@@ -192,8 +192,10 @@ class WindowPredictor:
             or isinstance(model, LinearModel | Ensemble)  # BLAS wants rows of their own
         )
         self._fused: FusedKernel | None = None
-        if fused and fused_pays(config.window, config.stride):
-            self._fused = fused_kernel(model, window=config.window, normalize=config.normalize)
+        if fused:
+            kernel = fused_kernel(model, window=config.window, normalize=config.normalize)
+            if kernel is not None and kernel.pays_at(config.stride):
+                self._fused = kernel
         self._ramp32: npt.NDArray[np.int32] = np.arange(0, dtype=np.int32)  # 0, 1, 2, ...
         self.rows = 0
         self.processed = 0

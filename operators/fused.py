@@ -54,6 +54,9 @@ normalize ``window-zscore`` (all three) or ``none`` (`LinearModel` only: the mea
 a strided view are already cheap). The math above is a property of these models' ``predict``,
 not something the `Model` protocol can promise, so a capability flag a user model could set would
 be a flag it could set wrongly; user models, `Ensemble` and the other modes keep the general path.
+The engine also keeps the general path for a linear kernel at strides where computing every
+start position costs more than the general path's ``n / stride`` windows
+(`FusedKernel.pays_at`).
 
 Deviation, documented: `LastValue` under ``window-zscore`` predicts the window's last value even
 for a window with ``0 < std <= CONST_RTOL * |m|`` (the general path gives ``m`` there); the two
@@ -82,7 +85,6 @@ __all__ = [
     "StartRuns",
     "block_layout",
     "fused_kernel",
-    "fused_pays",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -187,6 +189,27 @@ class FusedKernel:
         """Stride of the correlation's (nb, row) output."""
         return self.nfft if self.fft else self.block
 
+    def pays_at(self, stride: int) -> bool:
+        """Whether this kernel beats the general path at window stride ``stride``.
+
+        A linear kernel computes every start position of the batch and keeps one in
+        ``stride``, while the general path computes only the ``n / stride`` windows, at O(W)
+        each: past some stride the general path is cheaper. Measured on 1 M ticks of 8 symbols
+        (docs/optimizations.md section 15): under ``none`` the general path (a strided view and
+        one GEMV) wins from ``stride`` 8-16; under window z-score from 8 at W=16, 8-16 at W=64
+        and 32 at W=256. ``mean`` and ``last`` kernels won at every stride measured (up to
+        S = W), so they always pay.
+
+        >>> k = fused_kernel(WindowMean(), window=64, normalize="window-zscore")
+        >>> k is not None and k.pays_at(64)
+        True
+        """
+        if self.kind != "linear":
+            return True
+        if self.normalize == "none":
+            return stride <= 4
+        return stride <= 4 or 16 * stride <= self.window
+
     def scratch_size(self, n_blocks: int, total: int) -> int:
         """Float64 elements ``predict`` needs for ``n_blocks`` blocks and ``total`` windows."""
         nb, b, w = n_blocks, self.block, self.window
@@ -266,7 +289,8 @@ class FusedKernel:
         pos += _GRIDS * cells
 
         # Block references c_j = series[j * B]; D = series - c_j over each block's B + W - 1
-        # values, after a 0 column (so a window's sum is a difference of two prefix sums).
+        # values, after a 0 column (for the prefix sums of W > SUMS_GEMM_MAX_WINDOW: a window's
+        # sum is then a difference of two of them).
         # A row is its own block then the first W - 1 values of the next: two reshaped views.
         ref = series[:cells:b]
         dz[:, 0] = 0.0
@@ -484,21 +508,6 @@ def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | 
         spectrum=spectrum,
         averaging=averaging,
     )
-
-
-def fused_pays(window: int, stride: int) -> bool:
-    """Whether the fused kernel beats the general path at this window and stride.
-
-    The kernel computes every start position of the batch and keeps one in ``stride``; the
-    general path computes only the ``n / stride`` windows, at O(W) each. Measured on 1 M ticks
-    of 8 symbols (docs/optimizations.md section 15), the general path wins from about
-    ``stride = 8`` at W=16 and W=64 and ``stride = 32`` at W=256: so fused while ``stride <= 4``
-    or ``16 * stride <= window``.
-
-    >>> fused_pays(64, 1), fused_pays(64, 4), fused_pays(64, 16), fused_pays(256, 16)
-    (True, True, False, True)
-    """
-    return stride <= 4 or 16 * stride <= window
 
 
 def _band(rows: FloatArray, block: int) -> FloatArray:
