@@ -23,7 +23,6 @@ variables. Elsewhere than glibc (musl, macOS) it does nothing and returns False.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from typing import Final
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory"]
@@ -51,10 +50,10 @@ def keep_freed_memory(
     for label, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
         if not 0 <= value <= _C_INT_MAX:
             raise ValueError(f"{label} is {value}; expected bytes in [0, {_C_INT_MAX}] (a C int)")
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError, TypeError):
+        # The process's own symbols: the malloc it really uses, without find_library's search.
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
