@@ -43,12 +43,7 @@ from tickpool.operators.columns import (
     TickSchemaError,
     read_ticks,
 )
-from tickpool.operators.fused import (
-    FusedKernel,
-    StartRuns,
-    block_layout,
-    fused_kernel,
-)
+from tickpool.operators.fused import FusedKernel, StartRuns, block_layout, fused_kernel
 from tickpool.operators.items import DeadLetter, TickBatch, prediction_schema
 from tickpool.operators.models import Ensemble, LinearModel, Model, check_compatible
 from tickpool.operators.normalize import (
@@ -326,11 +321,11 @@ class WindowPredictor:
         series = pool.acquire((nb + 1) * b)
         out_lease = pool.acquire(h * total) if total else None
         ts_lease = pool.acquire(total) if total else None
+        ts_out = ts_lease.view(np.int64) if ts_lease is not None else None
         scratch = pool.acquire(fk.scratch_size(nb, total)) if total else None
         try:
             np.take(ticks.values, rows, out=values)
             np.take(ticks.ts, rows, out=ts)
-            ts_out = ts_lease.view(np.int64) if ts_lease is not None else None
             live: list[tuple[int, int]] = []  # (symbol id, windows) of the symbols with windows
             firsts: list[int] = []
             offset = filled = row = 0
@@ -379,9 +374,9 @@ class WindowPredictor:
             for lease in (scratch, series, gathered):
                 if lease is not None:
                     pool.release(lease)
-        if out_lease is None or ts_lease is None:
+        if out_lease is None or ts_out is None:
             return None
-        return self._prediction_batch(out_lease, ts_lease.view(np.int64), live, total)
+        return self._prediction_batch(out_lease, ts_out, live, total)
 
     def _windows_predict(
         self,
