@@ -6,6 +6,11 @@ partition's state is its file's byte offset: ``snapshot()`` makes the bytes writ
 appends from there. After a crash and a restart with Bytewax recovery every item is in the file
 exactly once. Items arrive keyed ``(partition name, value)``.
 
+Items are encoded on the worker's thread and written by one writer thread per file
+(``BackgroundWriter``), so the ``write`` and ``fsync`` of one batch overlap the computing of the
+next; the backlog is bounded (a slow disk slows the flow, it does not grow memory), a snapshot
+waits for it, and a failed write is raised on the worker's thread, naming the file.
+
 Values for JSON lines are dicts, objects with ``to_dict()``, or ``pyarrow.RecordBatch``es (one
 line per row: timestamps as int nanoseconds, dictionaries decoded, NaN and infinities as null).
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 from abc import abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeAlias, TypeVar, runtime_checkable
@@ -29,6 +34,8 @@ from bytewax.outputs import (
     StatelessSinkPartition,
 )
 from typing_extensions import Buffer, override
+
+from .file_writer import BackgroundWriter
 
 __all__ = [
     "IPC_STREAM_EOS",
@@ -138,30 +145,31 @@ class _AppendFilePartition(StatefulSinkPartition[V, int]):
             raise SinkError(msg)
         self._f.seek(offset)
         self._f.truncate()
+        self._writer = BackgroundWriter(self._f, path)
 
     @abstractmethod
-    def _encode(self, value: V) -> Iterable[Buffer]:
-        """The bytes that record ``value``."""
+    def _encode(self, values: list[V]) -> list[Buffer]:
+        """The bytes that record ``values``, made on the worker's thread (errors raise there)."""
 
     @override
     def write_batch(self, values: list[V]) -> None:
-        for value in values:
-            for chunk in self._encode(value):
-                self._f.write(chunk)
-        self._f.flush()
+        self._writer.submit(self._encode(values))
 
     @override
     def snapshot(self) -> int:
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        self._writer.sync()
         return self._f.tell()
 
     def _finish(self, trailer: bytes = b"") -> None:
-        if trailer:
-            self._f.write(trailer)
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        try:
+            if trailer:
+                self._writer.submit([trailer])
+            self._writer.sync()
+        finally:
+            try:
+                self._writer.close()
+            finally:
+                self._f.close()
 
     @override
     def close(self) -> None:
@@ -209,8 +217,7 @@ class _ArrowStreamPartition(_AppendFilePartition[pa.RecordBatch]):
         self._schema = schema
         self._partition = partition
         if self._f.tell() == 0:
-            self._f.write(schema.serialize())
-            self._f.flush()
+            self._writer.submit([schema.serialize()])
         else:
             self._check_resumed_schema()
 
@@ -218,6 +225,7 @@ class _ArrowStreamPartition(_AppendFilePartition[pa.RecordBatch]):
         with pa.memory_map(str(self.path), "r") as source:
             found = pa.ipc.open_stream(source).schema
         if not found.equals(self._schema):
+            self._writer.close()
             self._f.close()
             msg = (
                 f"ArrowStreamSink partition {self._partition!r} ({self.path}): the file to "
@@ -227,9 +235,12 @@ class _ArrowStreamPartition(_AppendFilePartition[pa.RecordBatch]):
             raise SinkError(msg)
 
     @override
-    def _encode(self, value: pa.RecordBatch) -> Iterable[Buffer]:
-        self._check(value)
-        return (value.serialize(),)
+    def _encode(self, values: list[pa.RecordBatch]) -> list[Buffer]:
+        for batch in values:
+            self._check(batch)
+        # A copy made here, not on the writer thread: the batch's pooled buffers return to the
+        # pool now instead of staying leased in the backlog (final stats would count them).
+        return [batch.serialize() for batch in values]
 
     def _check(self, batch: pa.RecordBatch) -> None:
         schema = self._schema
@@ -315,8 +326,8 @@ class ArrowStreamSink(_NamedPartitionsSink[pa.RecordBatch]):
 
 class _JsonLinesPartition(_AppendFilePartition[JsonItem]):
     @override
-    def _encode(self, value: JsonItem) -> Iterable[Buffer]:
-        return (json_lines(value),)
+    def _encode(self, values: list[JsonItem]) -> list[Buffer]:
+        return [b"".join(json_lines(value) for value in values)]
 
 
 class JsonLinesSink(_NamedPartitionsSink[JsonItem]):

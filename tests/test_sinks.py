@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -62,6 +63,19 @@ def write_all(sink: Any, values: list[Any], part: str = "0") -> None:
     partition.close()
 
 
+def join_writers() -> None:
+    """Wait for the writer threads of dropped partitions: their backlog reaches the file first.
+
+    A crashed process's writer threads finish before it exits (``concurrent.futures`` joins
+    them); in one process the test waits for them, so that the resumed partition truncates bytes
+    really written after the snapshot instead of racing with them.
+    """
+    for thread in threading.enumerate():
+        if thread.name.startswith("tickpool-writer-"):
+            thread.join(timeout=30)
+            assert not thread.is_alive(), f"{thread.name} did not finish its backlog"
+
+
 def crash_and_resume(sink: Any, values: list[Any], snap_after: int, lost: int) -> None:
     """Write ``snap_after`` values, snapshot, write ``lost`` more, crash; resume and finish."""
     partition = sink.build_part("out", "0", None)
@@ -70,6 +84,7 @@ def crash_and_resume(sink: Any, values: list[Any], snap_after: int, lost: int) -
     offset = partition.snapshot()
     partition.write_batch(values[snap_after : snap_after + lost])  # written, never snapshotted
     del partition  # crash: no close(), no end-of-stream marker
+    join_writers()
     resumed = sink.build_part("out", "0", offset)
     for value in values[snap_after:]:  # Bytewax replays everything after the snapshot
         resumed.write_batch([value])
@@ -109,6 +124,7 @@ def test_arrow_stream_left_by_a_crash_is_readable(tmp_path: Path) -> None:
     partition = sink.build_part("out", "0", None)
     partition.write_batch(BATCHES[:2])
     del partition
+    join_writers()
     with pa.ipc.open_stream(tmp_path / "predictions-0.arrows") as reader:
         assert reader.read_all().num_rows == 20
 
@@ -321,6 +337,7 @@ def test_crash_and_recovery_write_every_row_exactly_once(
     with pytest.raises(Exception) as info:  # Bytewax wraps the error; the cause is ours
         replay_to_sinks(ticks, out, recovery, crash=True)
     assert "simulated crash" in repr(causes(info.value))
+    join_writers()
     rows_at_crash = (out / "rows.jsonl").read_bytes().count(b"\n")
     assert rows_at_crash == CRASH_AT * batch_rows
     resumed_from = n // batch_rows - replay_to_sinks(ticks, out, recovery, crash=False)
