@@ -16,10 +16,12 @@ What the caller can rely on:
   device; each submission is flushed whole, so a process that dies after it loses none of it;
 - the backlog is bounded: ``submit`` waits while ``max_pending`` submissions are in flight, so a
   slow disk slows the dataflow down instead of growing memory;
-- a failure is not silent: a failed write is raised on the caller's thread by the next
-  ``submit``, ``drain``, ``sync`` or ``close``, naming the file, and by every call after it
-  (the file has a gap from there on);
-- every ``sync_every`` bytes the thread starts the device write (``fdatasync``) itself, so dirty
+- a failure is not silent: after a failed ``write`` or ``fdatasync`` the thread writes nothing
+  more (the file would have a gap), and the error, naming the file, is raised on the caller's
+  thread by the next call that waits for the thread (``submit`` with a full backlog,
+  ``drain``, ``sync``, ``close``) and by every call after it; an interrupt (Ctrl-C) while the
+  caller waits is raised as it is and is not taken for a failure;
+- every ``sync_every`` bytes the thread waits for the device itself (``fdatasync``), so dirty
   pages stay bounded and the final ``sync()`` has little left to wait for.
 
 >>> import tempfile, pathlib
@@ -50,8 +52,8 @@ __all__ = ["BackgroundWriter"]
 
 MAX_PENDING: Final = 2
 """Submissions in flight per file: one being written while the next waits hides the writes
-behind the compute as well as 4 did (10 M ticks, W=16: 0.538 vs 0.527 s, medians of 7), and
-holds at most ~3.4 MB per file (a prediction batch of 65,536 rows is ~1.7 MB)."""
+behind the compute as well as 4 did (10 M ticks, W=16: 0.538 vs 0.527 s, medians of 7). With the
+batch being submitted, about 5 MB per file at most (a 65,536-row prediction batch is ~1.7 MB)."""
 
 SYNC_EVERY: Final = 8 << 20
 """Bytes between the writer's own ``fdatasync`` calls (8 MiB). With 64 MiB a 130 MB replay's
@@ -85,7 +87,8 @@ class BackgroundWriter:
         self._max_pending = max_pending
         self._sync_every = sync_every
         self._unsynced = 0  # touched by the writer thread only
-        self._failed: BaseException | None = None
+        self._thread_error: OSError | None = None  # set by the writer thread only
+        self._failed: OSError | None = None  # set by the caller's thread only
         self._pending: deque[Future[None]] = deque()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"tickpool-writer-{path.name}")
 
@@ -97,14 +100,14 @@ class BackgroundWriter:
         """
         self._raise_if_failed()
         while len(self._pending) >= self._max_pending:
-            self._wait(self._pending.popleft())
+            self._wait_oldest()
         self._pending.append(self._thread.submit(self._write, list(chunks)))
 
     def drain(self) -> None:
         """Return once every submission is written and flushed to the OS."""
         self._raise_if_failed()
         while self._pending:
-            self._wait(self._pending.popleft())
+            self._wait_oldest()
 
     def sync(self) -> None:
         """Return once every submission is on the device (``fsync``)."""
@@ -112,7 +115,7 @@ class BackgroundWriter:
         try:
             os.fsync(self._file.fileno())
         except OSError as e:
-            raise OSError(e.errno, f"{self._path}: fsync failed: {e.strerror}") from e
+            raise _failure(self._path, "fsync", e) from e
 
     def close(self) -> None:
         """Drain the backlog and stop the thread (the file stays open)."""
@@ -133,24 +136,42 @@ class BackgroundWriter:
         self.close()
 
     def _write(self, chunks: list[Buffer]) -> None:
-        """On the writer thread: append and flush; every ``sync_every`` bytes also ``fdatasync``."""
-        for chunk in chunks:
-            self._unsynced += self._file.write(chunk)
-        self._file.flush()
-        if self._unsynced >= self._sync_every:
-            _datasync(self._file.fileno())
-            self._unsynced = 0
+        """On the writer thread: append and flush; every ``sync_every`` bytes also ``fdatasync``.
 
-    def _wait(self, done: Future[None]) -> None:
+        After one failure it only raises that failure again: nothing lands after a gap.
+        """
+        if self._thread_error is not None:
+            raise self._thread_error
+        step = "write"
         try:
-            done.result()
-        except OSError as e:
-            self._failed = OSError(e.errno, f"{self._path}: write failed: {e.strerror}")
-            raise self._failed from e
-        except BaseException as e:
-            self._failed = e
-            raise
+            for chunk in chunks:
+                self._unsynced += self._file.write(chunk)
+            self._file.flush()
+            if self._unsynced >= self._sync_every:
+                step = "fdatasync"
+                _datasync(self._file.fileno())
+                self._unsynced = 0
+        except Exception as e:  # an OSError, or a chunk that is not bytes-like
+            self._thread_error = _failure(self._path, step, e)
+            raise self._thread_error from e
+
+    def _wait_oldest(self) -> None:
+        """Wait for the oldest submission; it leaves the backlog only once it is written."""
+        done = self._pending[0]
+        error = done.exception()  # an interrupt here propagates and leaves the backlog as it is
+        self._pending.popleft()
+        if error is None:
+            return
+        self._failed = error if isinstance(error, OSError) else _failure(self._path, "write", error)
+        raise self._failed
 
     def _raise_if_failed(self) -> None:
         if self._failed is not None:
             raise self._failed
+
+
+def _failure(path: Path, step: str, error: BaseException) -> OSError:
+    """An ``OSError`` naming the file and the step, keeping the cause's errno if it has one."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return OSError(error.errno, f"{path}: {step} failed: {error.strerror}")
+    return OSError(f"{path}: {step} failed: {error}")

@@ -21,6 +21,7 @@ import os
 import sys
 from abc import abstractmethod
 from collections.abc import Mapping
+from contextlib import suppress
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeAlias, TypeVar, runtime_checkable
@@ -165,11 +166,16 @@ class _AppendFilePartition(StatefulSinkPartition[V, int]):
             if trailer:
                 self._writer.submit([trailer])
             self._writer.sync()
-        finally:
-            try:
+        except BaseException:
+            # The first error names the file; closing after it would fail again (the buffer
+            # still holds what could not be written) and must not replace it.
+            with suppress(OSError):
                 self._writer.close()
-            finally:
+            with suppress(OSError):
                 self._f.close()
+            raise
+        self._writer.close()
+        self._f.close()
 
     @override
     def close(self) -> None:
@@ -222,15 +228,21 @@ class _ArrowStreamPartition(_AppendFilePartition[pa.RecordBatch]):
             self._check_resumed_schema()
 
     def _check_resumed_schema(self) -> None:
-        with pa.memory_map(str(self.path), "r") as source:
-            found = pa.ipc.open_stream(source).schema
+        where = f"ArrowStreamSink partition {self._partition!r} ({self.path})"
+        try:
+            with pa.memory_map(str(self.path), "r") as source:
+                found = pa.ipc.open_stream(source).schema
+        except pa.ArrowInvalid as e:
+            self._writer.close()
+            self._f.close()
+            msg = f"{where}: the file to resume does not start with an Arrow IPC stream: {e}"
+            raise SinkError(msg) from e
         if not found.equals(self._schema):
             self._writer.close()
             self._f.close()
             msg = (
-                f"ArrowStreamSink partition {self._partition!r} ({self.path}): the file to "
-                f"resume has another schema\nexpected:\n{_show(self._schema)}\n"
-                f"found:\n{_show(found)}"
+                f"{where}: the file to resume has another schema\n"
+                f"expected:\n{_show(self._schema)}\nfound:\n{_show(found)}"
             )
             raise SinkError(msg)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -43,32 +44,66 @@ class GatedFile(io.BytesIO):
 def test_submit_waits_while_the_backlog_is_full() -> None:
     f = GatedFile()
     writer = BackgroundWriter(f, Path("slow"), max_pending=2)
-    writer.submit([b"a"])  # on the thread, blocked at the gate
+    writer.submit([b"a"])  # on the thread, held at the gate
     writer.submit([b"b"])  # queued: the backlog is full
-    third = threading.Thread(target=writer.submit, args=([b"c"],))
-    third.start()
-    third.join(timeout=0.3)
-    assert third.is_alive(), "a third submission went through with two in flight"
-    f.gate.set()
-    third.join(timeout=30)
+    opener = threading.Timer(0.2, f.gate.set)
+    opener.start()
+    writer.submit([b"c"])  # must wait for "a", i.e. for the gate
+    assert f.gate.is_set(), "a third submission went through with two in flight"
+    opener.join()
     writer.close()
     assert f.getvalue() == b"abc"
 
 
+def test_an_interrupt_while_waiting_is_not_a_write_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    f = GatedFile()
+    writer = BackgroundWriter(f, Path("x"), max_pending=1)
+    writer.submit([b"a"])
+    real = Future.exception
+
+    def interrupted(self: Future[None], timeout: float | None = None) -> BaseException | None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Future, "exception", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.submit([b"b"])  # waits for "a": Ctrl-C
+    monkeypatch.setattr(Future, "exception", real)
+    f.gate.set()
+    writer.submit([b"b"])  # the interrupt was not recorded as a failure
+    writer.close()
+    assert f.getvalue() == b"ab"
+
+
 class FullDisk(io.BytesIO):
+    """Takes ``room`` bytes, then fails like a full disk."""
+
+    def __init__(self, room: int = 0) -> None:
+        super().__init__()
+        self.room = room
+
     def write(self, data: object) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
+        n = memoryview(data).nbytes  # type: ignore[arg-type]
+        if n > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= n
+        return super().write(data)  # type: ignore[arg-type]
 
 
 def test_a_failed_write_is_raised_on_the_caller_naming_the_file_and_every_call_after() -> None:
-    writer = BackgroundWriter(FullDisk(), Path("/data/predictions-0.arrows"))
-    writer.submit([b"x" * 10])
+    f = FullDisk(room=3)
+    writer = BackgroundWriter(f, Path("/data/predictions-0.arrows"), max_pending=3)
+    for chunk in (b"abc", b"defg", b"h"):  # the second does not fit
+        writer.submit([chunk])
     with pytest.raises(OSError, match=r"/data/predictions-0.arrows: write failed: No space left"):
         writer.drain()
     for call in (lambda: writer.submit([b"y"]), writer.drain, writer.sync, writer.close):
         with pytest.raises(OSError, match="No space left") as info:
             call()
         assert info.value.errno == errno.ENOSPC
+    f.room = 100
+    assert f.getvalue() == b"abc", "a write after the failed one would leave a gap in the file"
 
 
 def test_the_thread_syncs_every_sync_every_bytes(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import math
 import re
 import threading
@@ -20,6 +22,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 from prometheus_client import CollectorRegistry
 
+from tickpool.connectors import file_writer, sinks
 from tickpool.connectors.arrow_source import ArrowReplaySource
 from tickpool.connectors.metrics import PrometheusStatsSink
 from tickpool.connectors.sinks import (
@@ -63,28 +66,32 @@ def write_all(sink: Any, values: list[Any], part: str = "0") -> None:
     partition.close()
 
 
-def join_writers() -> None:
-    """Wait for the writer threads of dropped partitions: their backlog reaches the file first.
+def writer_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("tickpool-writer-")}
 
-    A crashed process's writer threads finish before it exits (``concurrent.futures`` joins
-    them); in one process the test waits for them, so that the resumed partition truncates bytes
-    really written after the snapshot instead of racing with them.
+
+def finish_dropped_writers(before: set[threading.Thread]) -> None:
+    """After a partition is dropped without close(), wait for its writer thread's backlog.
+
+    A crashed process either wrote its backlog (its writer thread finishes before it exits) or
+    died with it; the harder case for a resume is the first: the bytes after the snapshot are
+    in the file and must be cut. In one process, waiting makes that case happen every time.
     """
-    for thread in threading.enumerate():
-        if thread.name.startswith("tickpool-writer-"):
-            thread.join(timeout=30)
-            assert not thread.is_alive(), f"{thread.name} did not finish its backlog"
+    for thread in writer_threads() - before:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), f"{thread.name} did not finish its backlog"
 
 
 def crash_and_resume(sink: Any, values: list[Any], snap_after: int, lost: int) -> None:
     """Write ``snap_after`` values, snapshot, write ``lost`` more, crash; resume and finish."""
+    before = writer_threads()
     partition = sink.build_part("out", "0", None)
     for value in values[:snap_after]:
         partition.write_batch([value])
     offset = partition.snapshot()
     partition.write_batch(values[snap_after : snap_after + lost])  # written, never snapshotted
     del partition  # crash: no close(), no end-of-stream marker
-    join_writers()
+    finish_dropped_writers(before)
     resumed = sink.build_part("out", "0", offset)
     for value in values[snap_after:]:  # Bytewax replays everything after the snapshot
         resumed.write_batch([value])
@@ -121,10 +128,11 @@ def test_arrow_stream_crash_and_resume_equals_an_uninterrupted_write(
 @crash_warnings
 def test_arrow_stream_left_by_a_crash_is_readable(tmp_path: Path) -> None:
     sink = ArrowStreamSink(tmp_path, ["0"], SCHEMA)
+    before = writer_threads()
     partition = sink.build_part("out", "0", None)
     partition.write_batch(BATCHES[:2])
     del partition
-    join_writers()
+    finish_dropped_writers(before)
     with pa.ipc.open_stream(tmp_path / "predictions-0.arrows") as reader:
         assert reader.read_all().num_rows == 20
 
@@ -179,6 +187,74 @@ def test_arrow_stream_resume_into_another_schema_is_an_error(tmp_path: Path) -> 
     offset = (tmp_path / "predictions-0.arrows").stat().st_size - len(IPC_STREAM_EOS)
     with pytest.raises(SinkError, match="the file to resume has another schema"):
         other.build_part("out", "0", offset)
+
+
+def test_resume_into_a_file_that_is_no_arrow_stream_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "predictions-0.arrows"
+    path.write_bytes(b"not arrow at all")
+    before = writer_threads()
+    with pytest.raises(
+        SinkError, match=rf"\({re.escape(str(path))}\): the file to resume does not"
+    ):
+        ArrowStreamSink(tmp_path, ["0"], SCHEMA).build_part("out", "0", 8)
+    assert writer_threads() <= before, "the refused partition left its writer thread running"
+
+
+def test_snapshot_covers_every_batch_handed_over(tmp_path: Path) -> None:
+    sink = ArrowStreamSink(tmp_path, ["0"], SCHEMA)
+    partition = sink.build_part("out", "0", None)
+    for batch in BATCHES:
+        partition.write_batch([batch])  # the writer thread may still have some in its backlog
+    offset = partition.snapshot()
+    assert offset == sink.path("0").stat().st_size
+    with pa.ipc.open_stream(sink.path("0").read_bytes()[:offset]) as reader:
+        assert reader.read_all().num_rows == sum(b.num_rows for b in BATCHES)
+    partition.close()
+
+
+class FullDisk(io.FileIO):
+    """A file on a full disk: every write fails with ENOSPC."""
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_raised_naming_the_file_and_close_still_releases_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files: list[io.BufferedRandom] = []
+
+    def open_on_full_disk(path: Path, mode: str) -> io.BufferedRandom:
+        files.append(io.BufferedRandom(FullDisk(path, "r+")))
+        return files[-1]
+
+    monkeypatch.setattr(sinks, "open", open_on_full_disk, raising=False)
+    before = writer_threads()
+    path = tmp_path / "rows.jsonl"
+    partition = JsonLinesSink(path, ["0"]).build_part("out", "0", None)
+    partition.write_batch([{"i": i, "pad": "x" * 10_000} for i in range(2)])
+    with pytest.raises(OSError, match=rf"{re.escape(str(path))}: write failed: No space left"):
+        partition.snapshot()
+    with pytest.raises(OSError, match=rf"{re.escape(str(path))}: write failed: No space left"):
+        partition.close()  # the sink's own error, not a bare one from closing the file
+    assert files[0].closed, "the file was left open"
+    assert writer_threads() <= before, "the writer thread was left running"
+
+
+def test_a_failed_fsync_at_snapshot_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    partition = JsonLinesSink(tmp_path / "rows.jsonl", ["0"]).build_part("out", "0", None)
+    partition.write_batch(RECORDS)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(file_writer.os, "fsync", failing)
+    with pytest.raises(OSError, match=r"rows.jsonl: fsync failed: Input/output error"):
+        partition.snapshot()
+    monkeypatch.undo()
+    partition.close()
 
 
 def test_resume_past_the_end_of_the_file_is_an_error(tmp_path: Path) -> None:
@@ -337,7 +413,6 @@ def test_crash_and_recovery_write_every_row_exactly_once(
     with pytest.raises(Exception) as info:  # Bytewax wraps the error; the cause is ours
         replay_to_sinks(ticks, out, recovery, crash=True)
     assert "simulated crash" in repr(causes(info.value))
-    join_writers()
     rows_at_crash = (out / "rows.jsonl").read_bytes().count(b"\n")
     assert rows_at_crash == CRASH_AT * batch_rows
     resumed_from = n // batch_rows - replay_to_sinks(ticks, out, recovery, crash=False)
