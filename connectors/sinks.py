@@ -167,15 +167,21 @@ class _AppendFilePartition(StatefulSinkPartition[V, int]):
                 self._writer.submit([trailer])
             self._writer.sync()
         except BaseException:
-            # The first error names the file; closing after it would fail again (the buffer
-            # still holds what could not be written) and must not replace it.
-            with suppress(OSError):
-                self._writer.close()
-            with suppress(OSError):
-                self._f.close()
+            self._abandon()
             raise
         self._writer.close()
         self._f.close()
+
+    def _abandon(self) -> None:
+        """Stop the writer thread and close the file under an error that must stay the one raised.
+
+        After a failed write, closing fails again (the file's buffer still holds what could not
+        be written): that second error would replace the first, which names the file and step.
+        """
+        with suppress(OSError):
+            self._writer.close()
+        with suppress(OSError):
+            self._f.close()
 
     @override
     def close(self) -> None:
@@ -233,13 +239,11 @@ class _ArrowStreamPartition(_AppendFilePartition[pa.RecordBatch]):
             with pa.memory_map(str(self.path), "r") as source:
                 found = pa.ipc.open_stream(source).schema
         except pa.ArrowInvalid as e:
-            self._writer.close()
-            self._f.close()
+            self._abandon()
             msg = f"{where}: the file to resume does not start with an Arrow IPC stream: {e}"
             raise SinkError(msg) from e
         if not found.equals(self._schema):
-            self._writer.close()
-            self._f.close()
+            self._abandon()
             msg = (
                 f"{where}: the file to resume has another schema\n"
                 f"expected:\n{_show(self._schema)}\nfound:\n{_show(found)}"
