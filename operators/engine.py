@@ -43,7 +43,13 @@ from tickpool.operators.columns import (
     TickSchemaError,
     read_ticks,
 )
-from tickpool.operators.fused import FusedKernel, StartRuns, block_layout, fused_kernel
+from tickpool.operators.fused import (
+    FusedKernel,
+    StartRuns,
+    block_layout,
+    fill_series,
+    fused_kernel,
+)
 from tickpool.operators.items import DeadLetter, TickBatch, prediction_schema
 from tickpool.operators.models import Ensemble, LinearModel, Model, check_compatible
 from tickpool.operators.normalize import (
@@ -60,6 +66,7 @@ from tickpool.operators.normalize import (
     window_robust,
     window_zscore,
 )
+from tickpool.operators.symbol_column import SymbolNames
 from tickpool.operators.symbols import SymbolGroups, SymbolTable, group_by_symbol
 from tickpool.operators.windows import (
     WindowGeometry,
@@ -124,15 +131,6 @@ class BatchResult:
     latency_ns: int
 
 
-@dataclass(slots=True)
-class _SymbolState:
-    seen: int
-    tail: FloatArray  # capacity W-1; the first tail_len values are live
-    tail_len: int
-    moments: RunningMoments | None
-    range: RunningRange | None
-
-
 class WindowPredictor:
     """Stateful window prediction for the symbols of one shard.
 
@@ -178,8 +176,17 @@ class WindowPredictor:
         self.model = model
         self.pool = pool
         self.symbols = SymbolTable()
-        self._states: list[_SymbolState] = []
-        self._name_bytes: list[bytes] = []  # UTF-8 of each symbol id, for the symbol column
+        # Per symbol id k (rows beyond len(self.symbols) are spare capacity): ticks seen, and the
+        # last min(seen, W - 1) values at the start of row k of the tails (a window's first W - 1
+        # values come from there). Arrays, not an object per symbol, so that a batch of thousands
+        # of symbols reads and moves its state with a few array operations.
+        self._seen: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._tails: FloatArray = np.zeros((0, max(config.window - 1, 0)))
+        self._moments: list[RunningMoments] = []  # per symbol under normalize "zscore"
+        self._ranges: list[RunningRange] = []  # per symbol under normalize "minmax"
+        self._names = SymbolNames()  # each symbol id's name, for the symbol column
+        self._dictionary: list[str] | None = None  # the last batch's symbol dictionary
+        self._dictionary_ids = np.zeros(0, dtype=np.int32)  # its entries' ids in self.symbols
         self._schema = prediction_schema(config.horizon)
         self._materialize = (
             is_windowed(config.normalize)
@@ -191,7 +198,7 @@ class WindowPredictor:
             kernel = fused_kernel(model, window=config.window, normalize=config.normalize)
             if kernel is not None and kernel.pays_at(config.stride):
                 self._fused = kernel
-        self._ramp32: npt.NDArray[np.int32] = np.arange(0, dtype=np.int32)  # 0, 1, 2, ...
+        self._tail_ramp = np.arange(max(config.window - 1, 0))  # 0 .. W - 2
         self.rows = 0
         self.processed = 0
         self.dead_rows = 0
@@ -237,7 +244,10 @@ class WindowPredictor:
         codes = ticks.codes if keep is None else ticks.codes[keep]
         if codes.shape[0] == 0:
             return None
-        table_ids = self.symbols.ids_for(ticks.symbols)
+        if ticks.symbols != self._dictionary:  # most batches repeat the last one's dictionary
+            self._dictionary = ticks.symbols
+            self._dictionary_ids = self.symbols.ids_for(ticks.symbols)
+        table_ids = self._dictionary_ids
         # A batch whose dictionary lists the table's symbols in id order (every batch of a file
         # written with one dictionary, after the first) needs no remapping of its codes.
         ids = codes if _is_identity(table_ids) else table_ids[codes]
@@ -248,13 +258,13 @@ class WindowPredictor:
         plan: list[tuple[int, npt.NDArray[np.intp], WindowGeometry]] = []
         total = 0
         for k in groups.present.tolist():
-            st = self._states[k]
+            seen = int(self._seen[k])
             rows = groups.rows(k)
             if keep is not None:
                 rows = keep[rows]
             g = window_geometry(
-                seen=st.seen,
-                tail_len=st.tail_len,
+                seen=seen,
+                tail_len=min(seen, cfg.window - 1),
                 n_new=rows.shape[0],
                 window=cfg.window,
                 stride=cfg.stride,
@@ -271,7 +281,7 @@ class WindowPredictor:
         ts_lease = self.pool.acquire(total)
         out = out_lease.reshape(h, total)
         ts_out = ts_lease.view(np.int64)
-        runs: list[tuple[int, int]] = []
+        runs: list[tuple[int, int]] = []  # (symbol id, windows), in output order
         offset = 0
         for k, rows, g in plan:
             if g.count:
@@ -283,7 +293,8 @@ class WindowPredictor:
             else:
                 self._advance(k, ticks.values, rows)
         del out
-        return self._prediction_batch(out_lease, ts_out, runs, total)
+        ids, counts = np.array(runs, dtype=np.intp).reshape(-1, 2).T
+        return self._prediction_batch(out_lease, ts_out, ids, counts, total)
 
     @property
     def fused(self) -> bool:
@@ -297,74 +308,55 @@ class WindowPredictor:
         (each symbol's tail + new values from a multiple of the block size, gaps padded with
         the symbol's last value), one fused kernel call, then the tails move forward.
 
-        The per-symbol work is kept to slices: the batch's values and ts are gathered once in
-        symbol order, the window geometry is array arithmetic, and each symbol then costs a
-        few slice copies (about 15 us per symbol before, with a gather, a geometry object and
-        a fancy index each: docs/optimizations.md).
+        Nothing here costs a Python step per symbol once a batch holds more than
+        `~tickpool.operators.fused.SLICE_RUNS_MAX` of them: the state is read and written as
+        arrays, the layout and the copies out are array operations (docs/optimizations.md
+        sections 11 and 17).
         """
-        cfg, pool, states = self.config, self.pool, self._states
+        cfg, pool = self.config, self.pool
         w, stride, h, b = cfg.window, cfg.stride, cfg.horizon, fk.block
-        ids = groups.present.tolist()
-        n_new = groups.counts[groups.present].astype(np.int64)
-        seen = np.fromiter((states[k].seen for k in ids), np.int64, len(ids))
-        tail_len = np.fromiter((states[k].tail_len for k in ids), np.int64, len(ids))
-        if not np.array_equal(tail_len, np.minimum(seen, w - 1)):
-            raise RuntimeError("engine state: a symbol's tail length does not match its count")
+        present = groups.present
+        n_new = groups.counts[present].astype(np.int64)
+        seen = self._seen[present]
+        tail_len = np.minimum(seen, w - 1)
         count, first_end = window_geometries(seen, n_new, window=w, stride=stride)
         total = int(count.sum())
         lengths = tail_len + n_new
         bases, nb = block_layout(lengths, b)
         rows = groups.order if ticks.keep is None else ticks.keep[groups.order]
         n_rows = rows.shape[0]
-        gathered = pool.acquire(2 * n_rows)  # the batch's values, then its ts, in symbol order
-        values, ts = gathered[:n_rows], gathered[n_rows:].view(np.int64)
+        # Stride 1 with every symbol past its first W - 1 ticks: every row ends a window, so the
+        # output ts are the rows' ts in symbol order, taken straight into the output.
+        every_row = stride == 1 and total == n_rows
+        gathered = pool.acquire(n_rows if every_row else 2 * n_rows)  # values, ts: symbol order
         series = pool.acquire((nb + 1) * b)
         out_lease = pool.acquire(h * total) if total else None
         ts_lease = pool.acquire(total) if total else None
-        ts_out = ts_lease.view(np.int64) if ts_lease is not None else None
         scratch = pool.acquire(fk.scratch_size(nb, total)) if total else None
+        live = count > 0
         try:
+            values = gathered[:n_rows]
             np.take(ticks.values, rows, out=values)
-            np.take(ticks.ts, rows, out=ts)
-            live: list[tuple[int, int]] = []  # (symbol id, windows) of the symbols with windows
-            firsts: list[int] = []
-            offset = filled = row = 0
-            for k, base, t, n, c, fe in zip(
-                ids,
-                bases.tolist(),
-                tail_len.tolist(),
-                n_new.tolist(),
-                count.tolist(),
-                first_end.tolist(),
-                strict=True,
-            ):
-                if base > filled:
-                    series[filled:base] = series[filled - 1]
-                series[base : base + t] = states[k].tail[:t]
-                series[base + t : base + t + n] = values[row : row + n]
-                filled = base + t + n
-                if c:
-                    assert ts_out is not None
-                    first = row + fe - t  # the first window's last tick, in symbol order
-                    ts_out[offset : offset + c] = ts[first : first + (c - 1) * stride + 1 : stride]
-                    firsts.append(base + fe - (w - 1))
-                    live.append((k, c))
-                    offset += c
-                row += n
-            if total:
-                assert out_lease is not None and scratch is not None
-                series[filled:] = series[filled - 1]
-                # Starts as one run per symbol: the kernel copies them out with strided slices.
-                starts = StartRuns(tuple(firsts), tuple(c for _, c in live), stride)
+            fill_series(series, b, bases, self._tails[present], tail_len, values, n_new)
+            if ts_lease is not None and out_lease is not None and scratch is not None:
+                ts_out = ts_lease.view(np.int64)
+                if every_row:
+                    np.take(ticks.ts, rows, out=ts_out)
+                else:
+                    ts = gathered[n_rows:].view(np.int64)
+                    np.take(ticks.ts, rows, out=ts)
+                    # Each window's last tick, in symbol order: runs over ts.
+                    row_starts = np.cumsum(n_new) - n_new
+                    ends = StartRuns((row_starts + first_end - tail_len)[live], count[live], stride)
+                    ends.take(ts, ts_out)
+                starts = StartRuns((bases + first_end - (w - 1))[live], count[live], stride)
                 fk.predict(series, starts, nb, out_lease.reshape(h, total), scratch)
-            for k, base, n_all, n in zip(
-                ids, bases.tolist(), lengths.tolist(), n_new.tolist(), strict=True
-            ):
-                st = states[k]
-                kept = min(w - 1, n_all)
-                st.tail[:kept] = series[base + n_all - kept : base + n_all]
-                st.tail_len = kept
-                st.seen += n
+            # The tails move forward: each symbol's last min(W - 1, length) values (a symbol
+            # with fewer also reads its padding, which stays past its tail length).
+            if w > 1:
+                tail_from = bases + np.maximum(lengths - (w - 1), 0)
+                self._tails[present] = series[tail_from[:, None] + self._tail_ramp]
+            self._seen[present] += n_new
         except BaseException:
             for lease in (out_lease, ts_lease):
                 if lease is not None:
@@ -374,9 +366,11 @@ class WindowPredictor:
             for lease in (scratch, series, gathered):
                 if lease is not None:
                     pool.release(lease)
-        if out_lease is None or ts_out is None:
+        if out_lease is None or ts_lease is None:
             return None
-        return self._prediction_batch(out_lease, ts_out, live, total)
+        return self._prediction_batch(
+            out_lease, ts_lease.view(np.int64), present[live], count[live], total
+        )
 
     def _windows_predict(
         self,
@@ -444,14 +438,15 @@ class WindowPredictor:
         Yields ``(series, loc, scale)``, loc/scale per new tick for running modes (else
         None); on a clean exit the symbol's tail and tick count move forward.
         """
-        st = self._states[k]
-        n, t = rows.shape[0], st.tail_len
+        w = self.config.window
+        n, t = rows.shape[0], min(int(self._seen[k]), w - 1)
+        tail = self._tails[k]
         mode = self.config.normalize
         running = is_running(mode)
         lease = self.pool.acquire(t + n + (3 * n if running else 0))
         try:
             series = lease[: t + n]
-            series[:t] = st.tail[:t]
+            series[:t] = tail[:t]
             new = series[t:]
             np.take(values, rows, out=new)
             loc_all = scale_all = None
@@ -460,16 +455,13 @@ class WindowPredictor:
                     lease[t + n + i * n : t + n + (i + 1) * n] for i in range(3)
                 )
                 if mode == "zscore":
-                    assert st.moments is not None
-                    running_zscore(new, st.moments, new, loc_all, scale_all, scratch=scratch)
+                    running_zscore(new, self._moments[k], new, loc_all, scale_all, scratch=scratch)
                 else:
-                    assert st.range is not None
-                    running_minmax(new, st.range, new, loc_all, scale_all, scratch=scratch)
+                    running_minmax(new, self._ranges[k], new, loc_all, scale_all, scratch=scratch)
             yield series, loc_all, scale_all
-            keep = min(self.config.window - 1, t + n)
-            st.tail[:keep] = series[t + n - keep :]
-            st.tail_len = keep
-            st.seen += n
+            keep = min(w - 1, t + n)
+            tail[:keep] = series[t + n - keep :]
+            self._seen[k] += n
         finally:
             self.pool.release(lease)
 
@@ -477,27 +469,25 @@ class WindowPredictor:
         self,
         out_lease: FloatArray,
         ts_out: npt.NDArray[np.int64],
-        runs: list[tuple[int, int]],
+        ids: npt.NDArray[np.intp],
+        counts: npt.NDArray[np.int64],
         total: int,
     ) -> pa.RecordBatch:
-        """Wrap the pooled outputs as Arrow columns (no copy) beside a symbol column built from
-        ``runs`` (symbol id, number of rows) in output order.
+        """Wrap the pooled outputs as Arrow columns (no copy) beside a symbol column of
+        ``counts[i]`` rows of symbol ``ids[i]``, in output order.
 
-        Built with ``from_buffers`` rather than ``pa.array``/``take``: ``pa.array`` imports
-        pandas on first use (0.3 s and tens of MB for a process that never needs it), and a
-        string ``take`` per row costs more than writing the runs' offsets and bytes directly.
+        Built with ``from_buffers`` rather than ``pa.array``: ``pa.array`` imports pandas on
+        first use (0.3 s and tens of MB for a process that never needs it).
         """
-        names = self._name_bytes
+        names = self._names
         if len(names) < len(self.symbols):
-            names.extend(s.encode() for s in self.symbols.to_list()[len(names) :])
-        if self._ramp32.shape[0] <= total:
-            self._ramp32 = np.arange(2 * total + 1, dtype=np.int32)
+            names.extend(self.symbols.to_list()[len(names) :])
         h = self.config.horizon
         # py_buffer keeps each view of a pooled lease alive: zero-copy hand-off.
         ts_buf = pa.py_buffer(ts_out)  # type: ignore[arg-type]  # ndarray has the buffer protocol
         columns: list[pa.Array[Any]] = [
             pa.Array.from_buffers(_TS_TYPE, total, [None, ts_buf]),
-            _symbol_column(names, runs, total, self._ramp32),
+            names.column(ids, counts, total),
         ]
         columns.extend(
             pa.Array.from_buffers(
@@ -512,17 +502,20 @@ class WindowPredictor:
     # -- state -----------------------------------------------------------------
 
     def _grow_states(self) -> None:
-        cfg = self.config
-        while len(self._states) < len(self.symbols):
-            self._states.append(
-                _SymbolState(
-                    seen=0,
-                    tail=np.empty(max(cfg.window - 1, 0), dtype=np.float64),
-                    tail_len=0,
-                    moments=RunningMoments() if cfg.normalize == "zscore" else None,
-                    range=RunningRange() if cfg.normalize == "minmax" else None,
-                )
-            )
+        """Room for the state of every symbol in the table (capacity doubles: amortized O(1))."""
+        n, mode = len(self.symbols), self.config.normalize
+        if n > self._seen.shape[0]:
+            capacity = max(n, 2 * self._seen.shape[0], 16)
+            old = self._seen.shape[0]
+            seen = np.zeros(capacity, dtype=np.int64)
+            tails = np.zeros((capacity, self._tails.shape[1]))  # finite: the layout reads it
+            seen[:old] = self._seen
+            tails[:old] = self._tails
+            self._seen, self._tails = seen, tails
+        if mode == "zscore":
+            self._moments.extend(RunningMoments() for _ in range(n - len(self._moments)))
+        elif mode == "minmax":
+            self._ranges.extend(RunningRange() for _ in range(n - len(self._ranges)))
 
     def snapshot(self) -> dict[str, Any]:
         """A picklable, immutable copy of every symbol's state and the counters."""
@@ -535,12 +528,12 @@ class WindowPredictor:
             "symbols": self.symbols.to_list(),
             "states": [
                 (
-                    st.seen,
-                    st.tail[: st.tail_len].tobytes(),
-                    st.moments.to_tuple() if st.moments is not None else None,
-                    st.range.to_tuple() if st.range is not None else None,
+                    seen,
+                    self._tails[k, : min(seen, cfg.window - 1)].tobytes(),
+                    self._moments[k].to_tuple() if self._moments else None,
+                    self._ranges[k].to_tuple() if self._ranges else None,
                 )
-                for st in self._states
+                for k, seen in enumerate(self._seen[: len(self.symbols)].tolist())
             ],
             "counters": (self.rows, self.processed, self.dead_rows, self.predictions, self.batches),
         }
@@ -561,55 +554,30 @@ class WindowPredictor:
                 "fresh recovery directory".format(*theirs, *ours)
             )
         self.symbols = SymbolTable.from_list(snap["symbols"])
-        self._states = []
         self._grow_states()
-        for st, (seen, tail, moments, rng) in zip(self._states, snap["states"], strict=True):
+        states = snap["states"]
+        if len(states) != len(self.symbols):
+            raise ValueError(
+                f"recovery state lists {len(self.symbols)} symbols and {len(states)} states; "
+                "expected one state per symbol: start with a fresh recovery directory"
+            )
+        for k, (seen, tail, moments, rng) in enumerate(states):
             values = np.frombuffer(tail, dtype=np.float64)
-            st.seen = seen
-            st.tail_len = values.shape[0]
-            st.tail[: st.tail_len] = values
+            if values.shape[0] != min(seen, cfg.window - 1):
+                raise ValueError(
+                    f"recovery state of symbol {self.symbols.name(k)!r} holds {values.shape[0]} "
+                    f"tail values after {seen} ticks; expected min({seen}, window - 1 = "
+                    f"{cfg.window - 1}): start with a fresh recovery directory"
+                )
+            self._seen[k] = seen
+            self._tails[k, : values.shape[0]] = values
             if moments is not None:
-                st.moments = RunningMoments.from_tuple(moments)
+                self._moments[k] = RunningMoments.from_tuple(moments)
             if rng is not None:
-                st.range = RunningRange.from_tuple(rng)
+                self._ranges[k] = RunningRange.from_tuple(rng)
         (self.rows, self.processed, self.dead_rows, self.predictions, self.batches) = snap[
             "counters"
         ]
-
-
-def _symbol_column(
-    names: list[bytes], runs: list[tuple[int, int]], total: int, ramp: npt.NDArray[np.int32]
-) -> pa.Array[Any]:
-    """A utf8 column of ``total`` rows: ``names[k]`` repeated ``count`` times per run.
-
-    ``ramp`` holds ``0, 1, 2, ...`` (at least ``total + 1`` of them). Offsets are one multiply
-    of the ramp when every name has the same length (else one per run); the bytes are one
-    ``bytearray`` filled with one ``bytes`` repeat per run: no per-row work in Python, and no
-    ``b"".join`` (measured 10x slower for 65,536 rows: a second copy of every byte).
-    """
-    offsets = np.empty(total + 1, dtype=np.int32)
-    sizes = [len(names[k]) for k, _ in runs]
-    if sizes and min(sizes) == max(sizes):
-        np.multiply(ramp[: total + 1], sizes[0], out=offsets)
-    else:
-        offsets[0] = 0
-        row = start = 0
-        for (_, count), size in zip(runs, sizes, strict=True):
-            rows = offsets[row + 1 : row + count + 1]
-            np.multiply(ramp[1 : count + 1], size, out=rows)
-            rows += start
-            row += count
-            start += size * count
-    data = bytearray(sum(size * count for (_, count), size in zip(runs, sizes, strict=True)))
-    pos = 0
-    for (k, count), size in zip(runs, sizes, strict=True):
-        data[pos : pos + size * count] = names[k] * count
-        pos += size * count
-    return pa.Array.from_buffers(
-        pa.string(),
-        total,
-        [None, pa.py_buffer(offsets), pa.py_buffer(data)],  # type: ignore[arg-type]
-    )
 
 
 def _is_identity(table_ids: npt.NDArray[np.int32]) -> bool:

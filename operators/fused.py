@@ -70,7 +70,7 @@ but the FFT's internal work arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -80,10 +80,12 @@ from tickpool.operators.normalize import CONST_RTOL
 
 __all__ = [
     "FFT_MIN_WINDOW",
+    "SLICE_RUNS_MAX",
     "SUMS_GEMM_MAX_WINDOW",
     "FusedKernel",
     "StartRuns",
     "block_layout",
+    "fill_series",
     "fused_kernel",
 ]
 
@@ -91,6 +93,9 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 Kind = Literal["linear", "mean", "last"]
 
+SLICE_RUNS_MAX: Final = 32
+"""Up to this many runs, `StartRuns.take` copies run by run; above, one gather (section 17 of
+docs/optimizations.md: a slice costs about 0.5 us of Python, an index about 2 ns per value)."""
 FFT_MIN_WINDOW: Final = 128
 """From this window on, ``D . w`` is computed by FFT instead of a Toeplitz GEMM."""
 SUMS_GEMM_MAX_WINDOW: Final = 64
@@ -102,40 +107,79 @@ _BLAS_SERIAL_MNK: Final = 65536 * 4
 _GRIDS: Final = 5  # (nb, B) scratch grids: mean, std, keep flags, window mean m, result
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class StartRuns:
     """Window starts as arithmetic runs: run ``i`` is ``firsts[i] + stride * arange(counts[i])``.
 
     What the engine passes to `FusedKernel.predict` instead of an index array: one run per
-    symbol, so the predictions are copied out of the kernel's grid with one strided slice per
-    symbol (no index array to build, no gather by index).
+    symbol. With few runs (up to `SLICE_RUNS_MAX`) values are copied out run by run with one
+    strided slice each (no index array to build, no gather by index); with more, one gather by
+    an index built with array operations, so that thousands of symbols cost a few numpy calls
+    rather than a Python step each. Both give the same values.
 
     >>> runs = StartRuns((0, 64), (3, 2), 1)
     >>> runs.total, runs.indices().tolist()
     (5, [0, 1, 2, 64, 65])
     """
 
-    firsts: tuple[int, ...]
-    counts: tuple[int, ...]
+    firsts: IntArray
+    counts: IntArray
     stride: int
+
+    def __init__(self, firsts: npt.ArrayLike, counts: npt.ArrayLike, stride: int) -> None:
+        f = np.array(firsts, dtype=np.intp, ndmin=1)
+        c = np.array(counts, dtype=np.intp, ndmin=1)
+        if f.ndim != 1 or f.shape != c.shape or (c < 0).any() or stride < 1:
+            raise ValueError(
+                f"StartRuns: firsts {f.shape} and counts {c.shape} with stride {stride}; expected "
+                "two 1-d arrays of one length, counts >= 0 and stride >= 1"
+            )
+        object.__setattr__(self, "firsts", f)
+        object.__setattr__(self, "counts", c)
+        object.__setattr__(self, "stride", stride)
+
+    def __repr__(self) -> str:
+        return f"StartRuns({self.firsts.tolist()}, {self.counts.tolist()}, {self.stride})"
 
     @property
     def total(self) -> int:
         """Number of windows."""
-        return sum(self.counts)
+        return int(self.counts.sum())
 
     @property
     def shape(self) -> tuple[int]:
         """``(total,)``: the shape of the index array these runs stand for."""
         return (self.total,)
 
-    def indices(self) -> IntArray:
-        """The same starts as one index array (for tests and callers that want one)."""
-        parts = [f + self.stride * np.arange(c, dtype=np.intp) for f, c in self._pairs()]
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.intp)
+    def lasts(self) -> IntArray:
+        """The last start of each run (of the runs with ``count > 0``)."""
+        used = self.counts > 0
+        return self.firsts[used] + (self.counts[used] - 1) * self.stride
 
-    def _pairs(self) -> zip[tuple[int, int]]:
-        return zip(self.firsts, self.counts, strict=True)
+    def indices(self) -> IntArray:
+        """The same starts as one index array."""
+        c, total = self.counts, self.total
+        rank = np.arange(total, dtype=np.intp)
+        if self.stride != 1:
+            rank *= self.stride
+        rank += np.repeat(self.firsts - self.stride * (np.cumsum(c) - c), c)
+        return rank
+
+    def take(self, flat: npt.NDArray[Any], out: npt.NDArray[Any], shift: int = 0) -> None:
+        """``out[:] = flat[starts + shift]``: strided slices for few runs, else one gather."""
+        if self.firsts.shape[0] > SLICE_RUNS_MAX:
+            idx = self.indices()
+            if shift:
+                idx += shift
+            np.take(flat, idx, out=out)
+            return
+        stride, offset = self.stride, 0
+        for first, count in zip(self.firsts.tolist(), self.counts.tolist(), strict=True):
+            if not count:
+                continue  # (an empty slice's stop would be negative: counted from the end)
+            begin = first + shift
+            out[offset : offset + count] = flat[begin : begin + (count - 1) * stride + 1 : stride]
+            offset += count
 
 
 def _block_size(window: int, fft: bool) -> int:
@@ -261,14 +305,14 @@ class FusedKernel:
             raise ValueError(
                 f"scratch has {scratch.shape[0]} elements; expected {self.scratch_size(nb, total)}"
             )
-        if runs is not None and any(
-            f < 0 or f + (c - 1) * runs.stride >= nb * b for f, c in runs._pairs() if c
+        if runs is not None and (
+            (runs.firsts[runs.counts > 0] < 0).any() or (runs.lasts() >= nb * b).any()
         ):
             raise ValueError(f"starts {runs}: every start must lie in [0, {nb * b})")
         if total == 0:
             return
         if runs is not None and self.kind == "last":
-            _copy_runs(series, runs, w - 1, out[0])
+            runs.take(series, out[0], w - 1)
             np.copyto(out[1:], out[:1])
             return
         if self.kind == "last":
@@ -326,7 +370,7 @@ class FusedKernel:
 
         def gather(grid: FloatArray, h: int) -> None:
             if runs is not None:
-                _copy_runs(grid.reshape(-1), runs, 0, out[h])
+                runs.take(grid.reshape(-1), out[h])
             else:
                 assert index is not None
                 np.take(grid.reshape(-1), index, out=out[h])
@@ -425,21 +469,17 @@ def _clear_past_runs(dz: FloatArray, runs: StartRuns, block: int, window: int) -
     window reads them, but an FFT's rounding error scales with its row's largest value: left
     in, they cost 1e-11 relative where 1e-15 is due. Zero is the block's own reference value.
     The GEMM computes each output from its own W values only, so it needs none of this.
+    Each run's last window is in a row of its own (symbols start on a new block): the cells to
+    clear are one range per run, written with one index for all of them.
     """
-    for first, count in runs._pairs():
-        if count:
-            last = first + (count - 1) * runs.stride
-            row = last // block
-            dz[row, 1 + last - row * block + window :] = 0.0
-
-
-def _copy_runs(flat: FloatArray, runs: StartRuns, shift: int, out: FloatArray) -> None:
-    """``out[:] = flat[starts + shift]`` for the starts of ``runs``: one strided slice per run."""
-    stride, offset = runs.stride, 0
-    for first, count in runs._pairs():
-        begin = first + shift
-        out[offset : offset + count] = flat[begin : begin + (count - 1) * stride + 1 : stride]
-        offset += count
+    last = runs.lasts()
+    row = last // block
+    width = dz.shape[1]
+    begin = row * width + 1 + window + last - row * block  # flat index of each range's start
+    lengths = np.maximum((row + 1) * width - begin, 0)
+    at = np.repeat(begin - (np.cumsum(lengths) - lengths), lengths)
+    at += np.arange(at.shape[0])
+    np.put(dz, at, 0.0)  # flat (C-order) indices into dz itself
 
 
 def block_layout(lengths: IntArray, block: int) -> tuple[IntArray, int]:
@@ -452,6 +492,68 @@ def block_layout(lengths: IntArray, block: int) -> tuple[IntArray, int]:
     blocks = -(-lengths // block)
     ends = np.cumsum(blocks)
     return (ends - blocks) * block, int(ends[-1]) if ends.shape[0] else 0
+
+
+def fill_series(
+    series: FloatArray,
+    block: int,
+    bases: IntArray,
+    tails: FloatArray,
+    tail_len: IntArray,
+    values: FloatArray,
+    n_new: IntArray,
+) -> None:
+    """Lay out each symbol's ``tail + new`` values in ``series`` as `block_layout` placed them.
+
+    Symbol ``i`` gets the first ``tail_len[i]`` values of ``tails[i]`` then its ``n_new[i] >= 1``
+    new values (consecutive in ``values``, symbol after symbol) from ``bases[i]``; the rest of
+    its last block, and the one block after the last symbol, get its last value (finite, of the
+    symbol's own size: what the kernel's rows may read past a symbol's windows). ``series``
+    holds ``(nb + 1) * block`` values; ``tails`` has at most ``block`` columns.
+
+    Up to `SLICE_RUNS_MAX` symbols, slice copies symbol by symbol; above, a few whole-array
+    writes (each symbol's last block, then the tails as block rows, then the new values by
+    index), so thousands of symbols cost numpy calls, not a Python step each. Both write the
+    same values.
+
+    >>> s = np.zeros(12)
+    >>> fill_series(s, 4, np.array([0, 4]), np.array([[7.0, 8.0], [0.0, 0.0]]),
+    ...             np.array([2, 0]), np.array([9.0, 1.0, 2.0]), np.array([1, 2]))
+    >>> s.tolist()
+    [7.0, 8.0, 9.0, 9.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    """
+    n_sym = bases.shape[0]
+    if n_sym == 0:
+        return
+    ends = bases + tail_len + n_new
+    if n_sym <= SLICE_RUNS_MAX:
+        filled = row = 0
+        for i, (base, t, n) in enumerate(
+            zip(bases.tolist(), tail_len.tolist(), n_new.tolist(), strict=True)
+        ):
+            if base > filled:
+                series[filled:base] = series[filled - 1]
+            series[base : base + t] = tails[i, :t]
+            series[base + t : base + t + n] = values[row : row + n]
+            filled = base + t + n
+            row += n
+        series[filled:] = series[filled - 1]
+        return
+    grid = series.reshape(-1, block)
+    row_ends = np.cumsum(n_new)
+    last = values[row_ends - 1]
+    grid[(ends - 1) // block] = last[:, None]
+    grid[-1] = last[-1]
+    width = tails.shape[1]
+    if width:
+        # The tails as the first row of each symbol's blocks; past a short tail, the last value
+        # (a symbol of fewer than W - 1 values so far has padding there; the rest is rewritten).
+        grid[bases // block, :width] = np.where(
+            np.arange(width) < tail_len[:, None], tails, last[:, None]
+        )
+    at = np.repeat(bases + tail_len - (row_ends - n_new), n_new)
+    at += np.arange(values.shape[0])
+    series[at] = values
 
 
 def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | None:
