@@ -13,6 +13,9 @@ Prints markdown tables; asserts nothing.
    each window, ``@ w``) that computes the same predictions. Jobs the fused kernels
    (``operators/fused.py``) serve run twice, fused and on the general path (``fused=False``:
    the window matrix), so the table shows what fusing gains in the same run.
+3. The same engine over streams of 8 to 2,048 symbols in 65,536-row batches (window z-score +
+   linear, W = 16 and 64): what each symbol present in a batch costs beyond the ticks
+   themselves (the kernel's tail and padding cells, and whatever Python runs per symbol).
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ NORMALIZE_POINTS = 10_000
 SYMBOLS = 8
 BATCH_ROWS = 8_192
 WINDOWS = (16, 64, 256)
+SYMBOL_COUNTS = (8, 64, 512, 2048)
+SYMBOL_WINDOWS = (16, 64)
+SYMBOL_BATCH_ROWS = 65_536
 RUST_REFERENCE_US = {"allocating": 12.0, "pooled": 8.0}  # z-score of 10,000 points
 
 
@@ -559,6 +565,54 @@ def throughput_rows(
     return rows, check
 
 
+def symbol_count_rows(ticks: int, runs: int) -> list[list[object]]:
+    """Window z-score + linear over streams of ``SYMBOL_COUNTS`` symbols, interleaved runs."""
+    from tickpool.connectors.synthetic import generate_batches
+
+    streams = {}
+    for n_sym in SYMBOL_COUNTS:
+        batches = list(generate_batches(ticks, n_sym, seed=2, batch_rows=SYMBOL_BATCH_ROWS))
+        codes = (cast("pa.DictionaryArray[Any, Any]", b.column("symbol")).indices for b in batches)
+        present = statistics.mean(pc.count_distinct(c).as_py() for c in codes)
+        streams[n_sym] = ([TickBatch(b, "bench", i) for i, b in enumerate(batches)], present)
+    rng = np.random.default_rng(5)
+    models = {
+        w: LinearModel(
+            rng.normal(0.0, 1.0, (w, 1)) / w, 0.0, window=w, horizon=1, normalize="window-zscore"
+        )
+        for w in SYMBOL_WINDOWS
+    }
+    jobs = [(w, n) for w in SYMBOL_WINDOWS for n in SYMBOL_COUNTS]
+    seconds: dict[tuple[int, int], list[float]] = {job: [] for job in jobs}
+    shuffler = random.Random(29)
+    for _ in range(runs):
+        shuffler.shuffle(jobs)
+        for w, n_sym in jobs:
+            gc.collect()
+            wp = WindowPredictor(
+                EngineConfig(window=w), models[w], BufferPool.for_tier("streaming")
+            )
+            t0 = time.perf_counter()
+            for item in streams[n_sym][0]:
+                wp.process(item)
+            seconds[(w, n_sym)].append(time.perf_counter() - t0)
+    rows: list[list[object]] = []
+    for w in SYMBOL_WINDOWS:
+        n_batches = len(streams[SYMBOL_COUNTS[0]][0])
+        base_s = statistics.median(seconds[(w, SYMBOL_COUNTS[0])])
+        base_present = streams[SYMBOL_COUNTS[0]][1]
+        for n_sym in SYMBOL_COUNTS:
+            s = statistics.median(seconds[(w, n_sym)])
+            present = streams[n_sym][1]
+            extra = (
+                (s - base_s) / n_batches / (present - base_present) * 1e6
+                if present > base_present
+                else ""
+            )
+            rows.append([w, n_sym, round(present), ticks / s / 1e6, s / n_batches * 1e3, extra])
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -587,6 +641,10 @@ Columns.
   over the whole run).
 - The literal baseline builds one prediction RecordBatch per input batch like the engine;
   *max rel. diff* compares its predictions with the engine's (window-zscore, same weights).
+- *Symbols per batch*: *present per batch*, the mean number of symbols with at least one tick in
+  a batch (the synthetic rates are log-spread, so the rarest symbols miss some batches); *us per
+  extra symbol*: the median time per batch above the 8-symbol stream's, divided by the extra
+  symbols present (what one more symbol in a batch costs).
 """
 
 
@@ -664,6 +722,23 @@ def main(argv: list[str] | None = None) -> None:
         "tight numpy kernel 16.8 M ticks/s.\n"
     )
     print(markdown_table(["W", "literal vs engine: max rel. diff", "ticks compared"], check))
+    print(
+        f"\n## Symbols per batch: {ticks:,} ticks, {SYMBOL_BATCH_ROWS:,}-row batches, window"
+        f" z-score + LinearModel, stride 1, horizon 1 (median of {args.runs} runs)\n"
+    )
+    print(
+        markdown_table(
+            [
+                "W",
+                "symbols",
+                "present per batch",
+                "M ticks/s",
+                "ms per batch",
+                "us per extra symbol",
+            ],
+            symbol_count_rows(ticks, args.runs),
+        )
+    )
     print("\n" + FOOTER)
 
 
