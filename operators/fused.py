@@ -94,8 +94,10 @@ IntArray = npt.NDArray[np.intp]
 Kind = Literal["linear", "mean", "last"]
 
 SLICE_RUNS_MAX: Final = 32
-"""Up to this many runs, `StartRuns.take` copies run by run; above, one gather (section 17 of
-docs/optimizations.md: a slice costs about 0.5 us of Python, an index about 2 ns per value)."""
+"""Up to this many symbols (runs) in a batch, `fill_series`, `StartRuns.take` and the symbol
+column (`tickpool.operators.symbol_column`) work symbol by symbol with slices; above, with a few
+whole-array operations (docs/optimizations.md section 17: a slice costs about 0.5 us of Python,
+an index about 2 ns per value)."""
 FFT_MIN_WINDOW: Final = 128
 """From this window on, ``D . w`` is computed by FFT instead of a Toeplitz GEMM."""
 SUMS_GEMM_MAX_WINDOW: Final = 64
@@ -278,9 +280,9 @@ class FusedKernel:
         """Predictions of the windows starting at ``starts`` of ``series`` into ``out`` (H, total).
 
         ``starts`` is an index array or a `StartRuns` (the same positions as arithmetic runs,
-        read out with one strided slice per run instead of a gather by index: same values; with
-        runs the FFT method also keeps the next symbol's values out of each run's last row, see
-        `_clear_past_runs`, so there the two agree to rounding).
+        read out with one strided slice per run, or one gather above `SLICE_RUNS_MAX` runs:
+        same values; with runs the FFT method also keeps the next symbol's values out of each
+        run's last row, see `_clear_past_runs`, so there the two agree to rounding).
 
         ``series`` holds at least ``(n_blocks + 1) * block`` finite values laid out as
         `block_layout` says (each symbol from a multiple of ``block``, gaps and the end padded
@@ -546,11 +548,15 @@ def fill_series(
     grid[-1] = last[-1]
     width = tails.shape[1]
     if width:
-        # The tails as the first row of each symbol's blocks; past a short tail, the last value
-        # (a symbol of fewer than W - 1 values so far has padding there; the rest is rewritten).
-        grid[bases // block, :width] = np.where(
-            np.arange(width) < tail_len[:, None], tails, last[:, None]
-        )
+        # The tails as the first row of each symbol's blocks. A symbol of fewer than W - 1
+        # values so far has padding inside that row: its last value past its tail (the new
+        # values then overwrite the start of that).
+        grid[bases // block, :width] = tails
+        short = np.flatnonzero(ends - bases < width)
+        if short.shape[0]:
+            grid[bases[short] // block, :width] = np.where(
+                np.arange(width) < tail_len[short, None], tails[short], last[short, None]
+            )
     at = np.repeat(bases + tail_len - (row_ends - n_new), n_new)
     at += np.arange(values.shape[0])
     series[at] = values

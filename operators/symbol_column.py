@@ -51,12 +51,20 @@ class SymbolNames:
         return len(self._bytes)
 
     def extend(self, names: Iterable[str]) -> None:
-        """Add the names of the next ids, in id order."""
-        self._bytes.extend(name.encode() for name in names)
-        self._sizes = np.fromiter(map(len, self._bytes), np.int64, len(self._bytes))
+        """Add the names of the next ids, in id order.
+
+        The arrays built from all names (for many-run columns) are rebuilt on their next use:
+        one pass over the names per batch that brings new symbols.
+        """
+        added = [name.encode() for name in names]
+        if not added:
+            return
+        self._bytes.extend(added)
+        sizes = np.fromiter(map(len, added), np.int64, len(added))
+        self._sizes = np.concatenate([self._sizes, sizes])
         self._arrow = self._fixed = None
-        self._uniform = bool(self._sizes.shape[0]) and bool((self._sizes == self._sizes[0]).all())
-        self._uniform = self._uniform and self._sizes[0] > 0
+        first = int(self._sizes[0])
+        self._uniform = first > 0 and bool((self._sizes == first).all())
 
     def column(
         self, ids: npt.NDArray[np.integer[Any]], counts: npt.NDArray[np.integer[Any]], total: int

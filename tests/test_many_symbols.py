@@ -137,7 +137,9 @@ def test_symbol_column_by_every_way_equals_the_names_repeated(
             set_way(mp, limit)
             names = SymbolNames()
             names.extend(table[:2])
-            names.extend(table[2:])  # names arrive as symbols do
+            names.extend(table[2:-1])  # names arrive as symbols do
+            names.column(ids % (len(table) - 1), counts, int(counts.sum()))  # before the last
+            names.extend(table[-1:])
             column = names.column(ids, counts, int(counts.sum()))
             column.validate(full=True)
             assert column.type == pa.string()
@@ -249,7 +251,14 @@ def test_each_batch_is_read_with_its_own_symbol_dictionary() -> None:
     wp = WindowPredictor(EngineConfig(window=1, normalize="none"), LastValue(), BufferPool())
     value_of = {"A": 1.0, "B": 2.0, "C": 3.0, "D": 4.0}
     for i, (dictionary, codes) in enumerate(
-        [(["A", "B"], [0, 1, 1]), (["A", "B"], [1, 0]), (["C", "A", "B"], [0, 2, 1]), (["D"], [0])]
+        [
+            (["A", "B"], [0, 1, 1]),
+            (["A", "B"], [1, 0]),
+            (["B", "A"], [0, 1, 1]),  # the same names in another order
+            (["C", "A", "B"], [0, 2, 1]),
+            (["C", "D"], [1, 0]),  # as long as the last, other names
+            (["D"], [0]),
+        ]
     ):
         batch = pa.record_batch(
             {
@@ -270,4 +279,57 @@ def test_each_batch_is_read_with_its_own_symbol_dictionary() -> None:
         assert all(value_of[symbol] == y for symbol, y in got)
         assert sorted(r.predictions.column("symbol").to_pylist()) == sorted(
             dictionary[c] for c in codes
+        )
+
+
+def test_batches_encoded_one_by_one_with_mixed_names_and_bad_rows() -> None:
+    """Plain string symbols (each batch gets its own dictionary, in order of appearance), names
+    of mixed lengths, NaN prices: by arrays exactly as by slices, and as the general path to
+    rounding; every row is a prediction or a dead letter."""
+    rng = np.random.default_rng(12)
+    source = pa.Table.from_batches(list(generate_batches(20_000, 120, seed=3, batch_rows=20_000)))
+    dictionary = source.column("symbol").chunk(0).dictionary.to_pylist()
+    renamed = {name: ("X" * (k % 7)) + f"s{k}" for k, name in enumerate(dictionary)}
+    symbols = [renamed[s] for s in source.column("symbol").to_pylist()]
+    prices = source.column("price").to_numpy().copy()
+    prices[rng.choice(prices.shape[0], 200, replace=False)] = np.nan
+    cuts = [0, *np.sort(rng.choice(20_000, 15, replace=False)).tolist(), 20_000]
+    batches = [
+        pa.record_batch(
+            {
+                "ts": source.column("ts").slice(a, b - a).combine_chunks(),
+                "symbol": pa.array(symbols[a:b], pa.string()),
+                "price": pa.array(prices[a:b]),
+            }
+        )
+        for a, b in itertools.pairwise(cuts)
+        if b > a
+    ]
+    cfg = EngineConfig(window=24, stride=1, horizon=2, normalize="window-zscore")
+    model = model_for("linear", 24, "window-zscore")
+    tables = {}
+    for name, limit, is_fused in (
+        ("slices", BY_SLICES, True),
+        ("arrays", BY_ARRAYS, True),
+        ("general", BY_ARRAYS, False),
+    ):
+        with pytest.MonkeyPatch.context() as mp:
+            set_way(mp, limit)
+            wp = WindowPredictor(cfg, model, BufferPool(), fused=is_fused)
+            assert wp.fused is is_fused
+            out, dead = [], 0
+            for i, batch in enumerate(batches):
+                r = wp.process(TickBatch(batch, "mixed", i))
+                dead += len(r.dead_letters)
+                if r.predictions is not None:
+                    out.append(r.predictions)
+            assert dead == 200 and wp.processed + wp.dead_rows == 20_000
+            tables[name] = pa.Table.from_batches(out)
+    assert tables["slices"].equals(tables["arrays"])
+    general, arrays = tables["general"], tables["arrays"]
+    assert general.column("symbol").equals(arrays.column("symbol"))
+    assert general.column("ts").equals(arrays.column("ts"))
+    for col in ("yhat_1", "yhat_2"):
+        np.testing.assert_allclose(
+            arrays.column(col).to_numpy(), general.column(col).to_numpy(), rtol=1e-9, atol=0
         )
