@@ -576,28 +576,25 @@ class WindowPredictor:
             )
         for k, (seen, tail, moments, rng) in enumerate(states):
             name = self.symbols.name(k)
-            if len(tail) % 8 or (moments is None) == (cfg.normalize == "zscore"):
+            n_tail = min(seen, cfg.window - 1)
+            if len(tail) != 8 * n_tail:  # float64 values
                 raise ValueError(
-                    f"recovery state of symbol {name!r} is damaged: {len(tail)} tail bytes "
-                    f"(expected whole float64 values), running moments "
-                    f"{'missing' if moments is None else 'present'} under normalize "
-                    f"{cfg.normalize!r}: start with a fresh recovery directory"
-                )
-            if (rng is None) == (cfg.normalize == "minmax"):
-                raise ValueError(
-                    f"recovery state of symbol {name!r} has its running range "
-                    f"{'missing' if rng is None else 'present'} under normalize "
-                    f"{cfg.normalize!r}: start with a fresh recovery directory"
-                )
-            values = np.frombuffer(tail, dtype=np.float64)
-            if values.shape[0] != min(seen, cfg.window - 1):
-                raise ValueError(
-                    f"recovery state of symbol {name!r} holds {values.shape[0]} "
+                    f"recovery state of symbol {name!r} holds {len(tail) / 8:g} "
                     f"tail values after {seen} ticks; expected min({seen}, window - 1 = "
                     f"{cfg.window - 1}): start with a fresh recovery directory"
                 )
+            for stats, mode, what in (
+                (moments, "zscore", "running moments"),
+                (rng, "minmax", "running range"),
+            ):
+                if (stats is None) == (cfg.normalize == mode):
+                    raise ValueError(
+                        f"recovery state of symbol {name!r} has its {what} "
+                        f"{'missing' if stats is None else 'present'} under normalize "
+                        f"{cfg.normalize!r}: start with a fresh recovery directory"
+                    )
             self._seen[k] = seen
-            self._tails[k, : values.shape[0]] = values
+            self._tails[k, :n_tail] = np.frombuffer(tail, dtype=np.float64)
             if moments is not None:
                 self._moments[k] = RunningMoments.from_tuple(moments)
             if rng is not None:

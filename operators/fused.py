@@ -478,10 +478,8 @@ def _clear_past_runs(dz: FloatArray, runs: StartRuns, block: int, window: int) -
     row = last // block
     width = dz.shape[1]
     begin = row * width + 1 + window + last - row * block  # flat index of each range's start
-    lengths = np.maximum((row + 1) * width - begin, 0)
-    at = np.repeat(begin - (np.cumsum(lengths) - lengths), lengths)
-    at += np.arange(at.shape[0])
-    np.put(dz, at, 0.0)  # flat (C-order) indices into dz itself
+    cleared = StartRuns(begin, np.maximum((row + 1) * width - begin, 0), 1)
+    np.put(dz, cleared.indices(), 0.0)  # flat (C-order) indices into dz itself
 
 
 def block_layout(lengths: IntArray, block: int) -> tuple[IntArray, int]:
@@ -557,9 +555,7 @@ def fill_series(
             grid[bases[short] // block, :width] = np.where(
                 np.arange(width) < tail_len[short, None], tails[short], last[short, None]
             )
-    at = np.repeat(bases + tail_len - (row_ends - n_new), n_new)
-    at += np.arange(values.shape[0])
-    series[at] = values
+    series[StartRuns(bases + tail_len, n_new, 1).indices()] = values
 
 
 def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | None:

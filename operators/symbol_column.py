@@ -70,6 +70,12 @@ class SymbolNames:
         self, ids: npt.NDArray[np.integer[Any]], counts: npt.NDArray[np.integer[Any]], total: int
     ) -> pa.Array[Any]:
         """A utf8 column of ``total`` rows: ``counts[i]`` rows of the name of ``ids[i]``."""
+        many = ids.shape[0] > SLICE_RUNS_MAX
+        if many and not self._uniform:
+            index = np.repeat(ids.astype(np.int32), counts)
+            return self._names_arrow().take(
+                pa.Array.from_buffers(pa.int32(), total, [None, pa.py_buffer(index)])  # type: ignore[arg-type]
+            )
         if self._ramp.shape[0] <= total:
             self._ramp = np.arange(2 * total + 1, dtype=np.int32)
         sizes = self._sizes[ids]
@@ -77,14 +83,8 @@ class SymbolNames:
         same = sizes.shape[0] > 0 and bool((sizes == sizes[0]).all())
         if same:
             np.multiply(self._ramp[: total + 1], sizes[0], out=offsets)
-        if ids.shape[0] > SLICE_RUNS_MAX:
-            if self._uniform:
-                data = np.repeat(self._fixed_records()[ids], counts)
-                return _utf8(total, offsets, data)
-            index = np.repeat(ids.astype(np.int32), counts)
-            return self._names_arrow().take(
-                pa.Array.from_buffers(pa.int32(), total, [None, pa.py_buffer(index)])  # type: ignore[arg-type]
-            )
+        if many:  # and every name has one size
+            return _utf8(total, offsets, np.repeat(self._fixed_records()[ids], counts))
         if not same:
             offsets[0] = 0
             np.cumsum(np.repeat(sizes, counts), out=offsets[1:])

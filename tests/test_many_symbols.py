@@ -241,6 +241,14 @@ def test_a_snapshot_whose_tail_does_not_match_its_count_is_refused() -> None:
     name = snap["symbols"][1]
     with pytest.raises(ValueError, match=rf"symbol {name!r} holds 1 tail values after {seen}"):
         WindowPredictor(cfg, WindowMean(), BufferPool(), resume=snap)
+    snap["states"][1] = (seen, tail[:12], moments, rng)  # not whole float64 values
+    with pytest.raises(ValueError, match=rf"symbol {name!r} holds 1.5 tail values"):
+        WindowPredictor(cfg, WindowMean(), BufferPool(), resume=snap)
+    snap["states"][1] = (seen, tail, moments, rng)
+    zscore = EngineConfig(window=5, normalize="zscore")  # a state written without moments
+    first = snap["symbols"][0]  # every state lacks them: the first symbol is named
+    with pytest.raises(ValueError, match=rf"symbol {first!r} has its running moments missing"):
+        WindowPredictor(zscore, WindowMean(), BufferPool(), resume={**snap, "normalize": "zscore"})
     snap["states"] = snap["states"][:2]
     with pytest.raises(ValueError, match="lists 3 symbols and 2 states"):
         WindowPredictor(cfg, WindowMean(), BufferPool(), resume=snap)
