@@ -44,14 +44,9 @@ from tickpool.operators.columns import (
     TickSchemaError,
     read_ticks,
 )
-from tickpool.operators.fused import (
-    FusedKernel,
-    StartRuns,
-    block_layout,
-    fill_series,
-    fused_kernel,
-)
+from tickpool.operators.fused import StartRuns, fused_kernel
 from tickpool.operators.items import DeadLetter, TickBatch, prediction_schema
+from tickpool.operators.layout import KernelSet
 from tickpool.operators.models import Ensemble, LinearModel, Model, check_compatible
 from tickpool.operators.normalize import (
     NormalizeMode,
@@ -194,11 +189,11 @@ class WindowPredictor:
             or bool(model.needs_contiguous)
             or isinstance(model, LinearModel | Ensemble)  # BLAS wants rows of their own
         )
-        self._fused: FusedKernel | None = None
+        self._fused: KernelSet | None = None
         if fused:
             kernel = fused_kernel(model, window=config.window, normalize=config.normalize)
             if kernel is not None and kernel.pays_at(config.stride):
-                self._fused = kernel
+                self._fused = KernelSet(kernel, model)
         self.rows = 0
         self.processed = 0
         self.dead_rows = 0
@@ -306,11 +301,11 @@ class WindowPredictor:
         return self._fused is not None
 
     def _predict_fused(
-        self, fk: FusedKernel, ticks: Ticks, groups: SymbolGroups
+        self, kernels: KernelSet, ticks: Ticks, groups: SymbolGroups
     ) -> pa.RecordBatch | None:
-        """Every symbol's windows of this batch at once: one block-aligned series buffer
-        (each symbol's tail + new values from a multiple of the block size, gaps padded with
-        the symbol's last value), one fused kernel call, then the tails move forward.
+        """Every symbol's windows of this batch at once: one series buffer of each symbol's
+        tail + new values (laid out dense or packed, whichever costs less for this batch:
+        `~tickpool.operators.layout`), one fused kernel call, then the tails move forward.
 
         Nothing here costs a Python step per symbol once a batch holds more than
         `~tickpool.operators.fused.SLICE_RUNS_MAX` of them: the state is read and written as
@@ -318,7 +313,7 @@ class WindowPredictor:
         sections 11 and 17).
         """
         cfg, pool = self.config, self.pool
-        w, stride, h, b = cfg.window, cfg.stride, cfg.horizon, fk.block
+        w, stride, h = cfg.window, cfg.stride, cfg.horizon
         present = groups.present
         n_new = groups.counts[present].astype(np.int64)
         seen = self._seen[present]
@@ -326,17 +321,17 @@ class WindowPredictor:
         count, first_end = window_geometries(seen, n_new, window=w, stride=stride)
         total = int(count.sum())
         lengths = tail_len + n_new
-        bases, nb = block_layout(lengths, b)
+        layout = kernels.plan(tail_len, n_new, first_end - (w - 1), count, stride)
         rows = groups.order if ticks.keep is None else ticks.keep[groups.order]
         n_rows = rows.shape[0]
         # Stride 1 with every symbol past its first W - 1 ticks: every row ends a window, so the
         # output ts are the rows' ts in symbol order, taken straight into the output.
         every_row = stride == 1 and total == n_rows
         gathered = pool.acquire(n_rows if every_row else 2 * n_rows)  # values, ts: symbol order
-        series = pool.acquire((nb + 1) * b)
+        series = pool.acquire(layout.series_len)
         out_lease = pool.acquire(h * total) if total else None
         ts_lease = pool.acquire(total) if total else None
-        scratch = pool.acquire(fk.scratch_size(nb, total)) if total else None
+        scratch = pool.acquire(layout.scratch_size()) if total else None
         n_sym = present.shape[0]
         tail_lease = pool.acquire(max(n_sym * (w - 1), 1))  # these symbols' tails
         tail_rows = tail_lease[: n_sym * (w - 1)].reshape(n_sym, w - 1)
@@ -350,7 +345,7 @@ class WindowPredictor:
             # values, docs/optimizations.md section 17).
             np.take(ticks.values, rows, out=values, mode="clip")
             np.take(self._tails, present, axis=0, out=tail_rows, mode="clip")
-            fill_series(series, b, bases, tail_rows, tail_len, values, n_new)
+            layout.fill(series, tail_rows, tail_len, values, n_new)
             if ts_lease is not None and out_lease is not None and scratch is not None:
                 ts_out = ts_lease.view(np.int64)
                 if every_row:
@@ -362,8 +357,7 @@ class WindowPredictor:
                     row_starts = np.cumsum(n_new) - n_new
                     ends = StartRuns((row_starts + first_end - tail_len)[live], count[live], stride)
                     ends.take(ts, ts_out)
-                starts = StartRuns((bases + first_end - (w - 1))[live], count[live], stride)
-                fk.predict(series, starts, nb, out_lease.reshape(h, total), scratch)
+                layout.predict(series, out_lease.reshape(h, total), scratch)
                 result = self._prediction_batch(
                     out_lease, ts_out, present[live], count[live], total
                 )
@@ -371,7 +365,7 @@ class WindowPredictor:
             # become each symbol's last min(W - 1, length) values (a symbol with fewer also
             # reads its padding, which stays past its tail length).
             if w > 1:
-                tail_from = bases + np.maximum(lengths - (w - 1), 0)
+                tail_from = layout.bases + np.maximum(lengths - (w - 1), 0)
                 self._tails[present] = sliding_window_view(series, w - 1)[tail_from]
             self._seen[present] += n_new
         except BaseException:

@@ -14,10 +14,12 @@ How the sums stay exact on raw prices (BTCUSDT near 9,700 with a 64-tick std of 
 its digits in running sums of raw prices):
 
 - The caller lays each symbol's ``tail + new`` values out in one series buffer, every symbol
-  starting on a multiple of the block size ``B`` (>= W); the gap is padded with the symbol's last
-  value. Windows are numbered by their *start* position ``p``; block ``j`` holds the windows
-  that start in ``[j*B, (j+1)*B)``, which read the ``B + W - 1`` values from ``j*B`` on, all of
-  one symbol for every window that is used.
+  starting on a multiple of the block size ``B`` (>= W - 1); the gap is padded with the
+  symbol's last value. Windows are numbered by their *start* position ``p``; block ``j`` holds
+  the windows that start in ``[j*B, (j+1)*B)``, which read the ``B + W - 1`` values from ``j*B``
+  on, all of one symbol for every window that is used. (Or, given ``rows``, row ``j`` starts
+  at ``rows[j]``, with any B: the packed layout of `tickpool.operators.layout`, for batches
+  whose symbols bring few windows each.)
 - Every block is shifted by its own first value ``c_j``: ``D = x - c_j`` (one (nb, B+W) matrix,
   a leading 0 column for the prefix sums). Values then differ from their reference by the
   price's movement over ``B + W`` ticks, not by the price.
@@ -64,7 +66,8 @@ differ by less than the window's range, itself under ``sqrt(W) * CONST_RTOL * |m
 
 Everything here is numpy on buffers the caller leases (the predictions are gathered from an
 (nb, B) grid of every start position at the very end); nothing of the batch's size is allocated
-but the FFT's internal work arrays.
+but the FFT's internal work arrays. Where each symbol goes in the series, and at which block
+size, is `tickpool.operators.layout`'s job.
 """
 
 from __future__ import annotations
@@ -84,8 +87,6 @@ __all__ = [
     "SUMS_GEMM_MAX_WINDOW",
     "FusedKernel",
     "StartRuns",
-    "block_layout",
-    "fill_series",
     "fused_kernel",
 ]
 
@@ -94,10 +95,10 @@ IntArray = npt.NDArray[np.intp]
 Kind = Literal["linear", "mean", "last"]
 
 SLICE_RUNS_MAX: Final = 32
-"""Up to this many symbols (runs) in a batch, `fill_series`, `StartRuns.take` and the symbol
-column (`tickpool.operators.symbol_column`) work symbol by symbol with slices; above, with a few
-whole-array operations (docs/optimizations.md section 17: a slice costs about 0.5 us of Python,
-an index about 2 ns per value)."""
+"""Up to this many symbols (runs) in a batch, `tickpool.operators.layout.fill_series`,
+`StartRuns.take` and the symbol column (`tickpool.operators.symbol_column`) work symbol by
+symbol with slices; above, with a few whole-array operations (docs/optimizations.md section
+17: a slice costs about 0.5 us of Python, an index about 2 ns per value)."""
 FFT_MIN_WINDOW: Final = 128
 """From this window on, ``D . w`` is computed by FFT instead of a Toeplitz GEMM."""
 SUMS_GEMM_MAX_WINDOW: Final = 64
@@ -185,7 +186,7 @@ class StartRuns:
 
 
 def _block_size(window: int, fft: bool) -> int:
-    """Windows per block (>= W: a window must fit in its block's span).
+    """Default windows per block (>= W - 1: a row reads W - 1 values into the next block).
 
     GEMM up to ``SUMS_GEMM_MAX_WINDOW``: W rounded up to 16, at least 32 (up to three band
     GEMMs, each 2 (B + W - 1) flops per window: the smaller the block, the fewer flops wasted).
@@ -194,15 +195,32 @@ def _block_size(window: int, fft: bool) -> int:
     fills the FFT length exactly. Tuned at W = 8..256 (docs/optimizations.md sections 1, 13).
     """
     if fft:
-        return _fft_size(4 * window) - window + 1
+        return _pow2(4 * window) - window + 1
     if window <= SUMS_GEMM_MAX_WINDOW:
         return max(-(-window // 16) * 16, 32)
     return max(2 * window, 64)
 
 
-def _fft_size(n: int) -> int:
-    """The smallest power of two >= n (pocketfft is fastest there)."""
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n."""
     return 1 << (n - 1).bit_length()
+
+
+def _fft_size(n: int) -> int:
+    """The smallest FFT length >= n of the form 2^k, 3 * 2^k or 5 * 2^k.
+
+    pocketfft is fastest at powers of two and nearly as fast at these; allowing them lets a
+    short block's row (`tickpool.operators.layout`) be transformed at little more than its
+    own length (320 points for W=256 and 65 windows, not 512).
+
+    >>> [_fft_size(n) for n in (256, 257, 300, 321, 400)]
+    [256, 320, 320, 384, 512]
+    """
+    best = _pow2(n)
+    for factor in (3, 5):
+        size = factor * _pow2(-(-n // factor))
+        best = min(best, size)
+    return best
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -256,8 +274,13 @@ class FusedKernel:
             return stride <= 4
         return stride <= 4 or 16 * stride <= self.window
 
-    def scratch_size(self, n_blocks: int, total: int) -> int:
-        """Float64 elements ``predict`` needs for ``n_blocks`` blocks and ``total`` windows."""
+    def scratch_size(self, n_blocks: int, total: int, series_len: int | None = None) -> int:
+        """Float64 elements ``predict`` needs for ``n_blocks`` blocks and ``total`` windows.
+
+        ``series_len``: with ``rows`` (a packed layout), at least ``rows[-1] + B + W - 1``, the
+        values the rows read: ``predict`` then also needs each row's reference and their change
+        counts.
+        """
         nb, b, w = n_blocks, self.block, self.window
         if self.kind == "last":
             return total
@@ -267,6 +290,9 @@ class FusedKernel:
             size += nb * self.row  # the correlation's output
             if self.fft:
                 size += 2 * 2 * nb * (self.nfft // 2 + 1)  # two complex (nb, nfft/2+1) spectra
+        if series_len is not None:
+            # references; int32 change counts; the rows' flat indices
+            size += nb + (series_len + 1) // 2 + nb * (b + w - 1)
         return size
 
     def predict(
@@ -276,6 +302,7 @@ class FusedKernel:
         n_blocks: int,
         out: FloatArray,
         scratch: FloatArray,
+        rows: IntArray | None = None,
     ) -> None:
         """Predictions of the windows starting at ``starts`` of ``series`` into ``out`` (H, total).
 
@@ -284,29 +311,53 @@ class FusedKernel:
         same values; with runs the FFT method also keeps the next symbol's values out of each
         run's last row, see `_clear_past_runs`, so there the two agree to rounding).
 
-        ``series`` holds at least ``(n_blocks + 1) * block`` finite values laid out as
-        `block_layout` says (each symbol from a multiple of ``block``, gaps and the end padded
-        with finite values); each window of ``starts`` lies inside one symbol's values and
-        starts before ``n_blocks * block``. ``scratch`` needs ``scratch_size(n_blocks, total)``
-        elements. Writes only ``out`` and ``scratch``.
+        Without ``rows``, ``series`` holds at least ``(n_blocks + 1) * block`` finite values laid
+        out as `tickpool.operators.layout.block_layout` says (each symbol from a multiple of
+        ``block``, gaps and the end padded with finite values); each window of ``starts`` lies
+        inside one symbol's values and starts before ``n_blocks * block``. ``scratch`` needs
+        ``scratch_size(n_blocks, total)`` elements. Writes only ``out`` and ``scratch``.
 
         Every quantity is computed for every start position of the (nb, B) block grid (most of
         which are wanted windows: the grid is the series plus padding), and each horizon's
         result is gathered at ``starts`` once, at the end.
+
+        ``rows`` (a packed layout, `tickpool.operators.layout`): row ``j`` of the grid starts at
+        ``series[rows[j]]`` instead of ``series[j * B]`` (ascending, ``nb`` of them), so that a
+        symbol's rows hold only its windows: ``starts`` then index the (nb, B) grid, not the
+        series, each symbol's runs in rows of their own; the series needs
+        ``rows[-1] + B + W - 1`` values and the scratch ``scratch_size(nb, total, that)``.
+        The ``last`` kind takes no ``rows`` (it reads the series, not a grid). Without ``rows``
+        the grid is the series itself (``rows = arange(nb) * B``), read through reshaped views.
         """
         nb, b, w = n_blocks, self.block, self.window
         runs = starts if isinstance(starts, StartRuns) else None
         index = None if isinstance(starts, StartRuns) else starts
         total = runs.total if runs is not None else starts.shape[0]
-        if series.shape[0] < (nb + 1) * b or out.shape != (self.horizon, total):
+        if rows is None:
+            if b < w - 1 and self.kind != "last":
+                raise ValueError(
+                    f"block {b} < W - 1 = {w - 1}: a row reads into the block after next, "
+                    "which only a packed layout (rows) provides"
+                )
+            need, series_len = (nb + 1) * b, None
+        else:
+            if self.kind == "last" or rows.shape != (nb,):
+                raise ValueError(
+                    f"rows {rows.shape} for a {self.kind!r} kernel: expected ({nb},), and no "
+                    "rows for 'last'"
+                )
+            if nb and (rows[0] < 0 or bool((rows[1:] < rows[:-1]).any())):
+                raise ValueError("rows: expected ascending starts >= 0")
+            need = int(rows[-1]) + b + w - 1 if nb else 0
+            series_len = need  # all the rows read
+        if series.shape[0] < need or out.shape != (self.horizon, total):
             raise ValueError(
                 f"series of {series.shape[0]} values and out {out.shape}: expected at least "
-                f"{(nb + 1) * b} values and out ({self.horizon}, {total})"
+                f"{need} values and out ({self.horizon}, {total})"
             )
-        if scratch.shape[0] < self.scratch_size(nb, total):
-            raise ValueError(
-                f"scratch has {scratch.shape[0]} elements; expected {self.scratch_size(nb, total)}"
-            )
+        size = self.scratch_size(nb, total, series_len)
+        if scratch.shape[0] < size:
+            raise ValueError(f"scratch has {scratch.shape[0]} elements; expected {size}")
         if runs is not None and (
             (runs.firsts[runs.counts > 0] < 0).any() or (runs.lasts() >= nb * b).any()
         ):
@@ -337,13 +388,27 @@ class FusedKernel:
         # Block references c_j = series[j * B]; D = series - c_j over each block's B + W - 1
         # values, after a 0 column (for the prefix sums of W > SUMS_GEMM_MAX_WINDOW: a window's
         # sum is then a difference of two of them).
-        # A row is its own block then the first W - 1 values of the next: two reshaped views.
-        ref = series[:cells:b]
         dz[:, 0] = 0.0
-        np.subtract(series[:cells].reshape(nb, b), ref[:, None], out=dz[:, 1 : b + 1])
-        np.subtract(
-            series[b : cells + b].reshape(nb, b)[:, : w - 1], ref[:, None], out=dz[:, b + 1 :]
-        )
+        if rows is None:
+            # A row is its own block then the first W - 1 values of the next: reshaped views.
+            ref = series[:cells:b]
+            np.subtract(series[:cells].reshape(nb, b), ref[:, None], out=dz[:, 1 : b + 1])
+            np.subtract(
+                series[b : cells + b].reshape(nb, b)[:, : w - 1], ref[:, None], out=dz[:, b + 1 :]
+            )
+        else:
+            # Rows start anywhere: gather each row's B + W - 1 values by flat index (np.take
+            # along an axis of a strided view would first copy the whole view), into q (a
+            # contiguous (nb, B + W - 1) block of it), then shift them into D.
+            ref = scratch[pos : pos + nb]
+            pos += nb
+            np.take(series, rows, out=ref, mode="clip")
+            at = scratch[pos : pos + nb * (width - 1)].view(np.intp).reshape(nb, width - 1)
+            pos += nb * (width - 1)
+            np.add(rows[:, None], np.arange(width - 1), out=at)
+            spans = q.reshape(-1)[: nb * (width - 1)].reshape(nb, width - 1)
+            np.take(series, at, out=spans, mode="clip")
+            np.subtract(spans, ref[:, None], out=dz[:, 1:])
 
         corr = spec = prod = None
         if self.kind == "linear":
@@ -403,13 +468,23 @@ class FusedKernel:
         # Constant windows (no two neighbours differ) get s = 0 exactly: prefix counts of
         # x[i] != x[i-1] along the series, in int32 (a float64 cumsum is a chain of 3-4 cycle
         # adds, 3.7 ns per element here; int32, 0.8 ns); a window changes iff its counts differ.
-        changes = q.reshape(-1).view(np.int32)[: cells + w - 1]
-        changes[0] = 0
-        np.not_equal(series[1 : cells + w - 1], series[: cells + w - 2], out=changes[1:])
-        np.cumsum(changes, dtype=np.int32, out=changes)
-        np.not_equal(
-            changes[w - 1 : cells + w - 1].reshape(nb, b), changes[:cells].reshape(nb, b), out=keep
-        )
+        if rows is None:
+            changes = q.reshape(-1).view(np.int32)[: cells + w - 1]
+            _count_changes(series, changes)
+            np.not_equal(
+                changes[w - 1 : cells + w - 1].reshape(nb, b),
+                changes[:cells].reshape(nb, b),
+                out=keep,
+            )
+        else:
+            # The same counts over the whole series, gathered along each row (into q, free
+            # again), compared W - 1 apart.
+            assert series_len is not None
+            changes = scratch[pos:].view(np.int32)[:series_len]
+            _count_changes(series, changes)
+            counts = q.reshape(-1).view(np.int32)[: nb * (width - 1)].reshape(nb, width - 1)
+            np.take(changes, at, out=counts, mode="clip")
+            np.not_equal(counts[:, w - 1 :], counts[:, :b], out=keep)
         np.multiply(s, keep, out=s)
         # m = c + mu (into y for now); the constant rule: keep = 1.0 where s > CONST_RTOL * |m|.
         m = y
@@ -443,6 +518,14 @@ class FusedKernel:
             np.divide(out, w, out=out)
 
 
+def _count_changes(series: FloatArray, changes: npt.NDArray[np.int32]) -> None:
+    """``changes[p]`` = how many ``i <= p`` have ``series[i] != series[i - 1]`` (int32)."""
+    n = changes.shape[0]
+    changes[0] = 0
+    np.not_equal(series[1:n], series[: n - 1], out=changes[1:])
+    np.cumsum(changes, dtype=np.int32, out=changes)
+
+
 def _serial_gemm(d: FloatArray, t: FloatArray, out: FloatArray) -> None:
     """``out = d @ t`` as GEMMs small enough for OpenBLAS to run each on one thread.
 
@@ -471,8 +554,9 @@ def _clear_past_runs(dz: FloatArray, runs: StartRuns, block: int, window: int) -
     window reads them, but an FFT's rounding error scales with its row's largest value: left
     in, they cost 1e-11 relative where 1e-15 is due. Zero is the block's own reference value.
     The GEMM computes each output from its own W values only, so it needs none of this.
-    Each run's last window is in a row of its own (symbols start on a new block): the cells to
-    clear are one range per run, written with one index for all of them.
+    Each run's last window is in a row of its own (symbols start on a new block, or get rows of
+    their own in a packed layout): the cells to clear are one range per run, written with one
+    index for all of them.
     """
     last = runs.lasts()
     row = last // block
@@ -482,84 +566,14 @@ def _clear_past_runs(dz: FloatArray, runs: StartRuns, block: int, window: int) -
     np.put(dz, cleared.indices(), 0.0)  # flat (C-order) indices into dz itself
 
 
-def block_layout(lengths: IntArray, block: int) -> tuple[IntArray, int]:
-    """Each segment's start in a block-aligned series buffer, and the number of blocks used.
-
-    >>> bases, nb = block_layout(np.array([5, 64, 1]), 32)
-    >>> bases.tolist(), nb
-    ([0, 32, 96], 4)
-    """
-    blocks = -(-lengths // block)
-    ends = np.cumsum(blocks)
-    return (ends - blocks) * block, int(ends[-1]) if ends.shape[0] else 0
-
-
-def fill_series(
-    series: FloatArray,
-    block: int,
-    bases: IntArray,
-    tails: FloatArray,
-    tail_len: IntArray,
-    values: FloatArray,
-    n_new: IntArray,
-) -> None:
-    """Lay out each symbol's ``tail + new`` values in ``series`` as `block_layout` placed them.
-
-    Symbol ``i`` gets the first ``tail_len[i]`` values of ``tails[i]`` then its ``n_new[i] >= 1``
-    new values (consecutive in ``values``, symbol after symbol) from ``bases[i]``; the rest of
-    its last block, and the one block after the last symbol, get its last value (finite, of the
-    symbol's own size: what the kernel's rows may read past a symbol's windows). ``series``
-    holds ``(nb + 1) * block`` values; ``tails`` has at most ``block`` columns.
-
-    Up to `SLICE_RUNS_MAX` symbols, slice copies symbol by symbol; above, a few whole-array
-    writes (each symbol's last block, then the tails as block rows, then the new values by
-    index), so thousands of symbols cost numpy calls, not a Python step each. Both write the
-    same values.
-
-    >>> s = np.zeros(12)
-    >>> fill_series(s, 4, np.array([0, 4]), np.array([[7.0, 8.0], [0.0, 0.0]]),
-    ...             np.array([2, 0]), np.array([9.0, 1.0, 2.0]), np.array([1, 2]))
-    >>> s.tolist()
-    [7.0, 8.0, 9.0, 9.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
-    """
-    n_sym = bases.shape[0]
-    if n_sym == 0:
-        return
-    ends = bases + tail_len + n_new
-    if n_sym <= SLICE_RUNS_MAX:
-        filled = row = 0
-        for i, (base, t, n) in enumerate(
-            zip(bases.tolist(), tail_len.tolist(), n_new.tolist(), strict=True)
-        ):
-            if base > filled:
-                series[filled:base] = series[filled - 1]
-            series[base : base + t] = tails[i, :t]
-            series[base + t : base + t + n] = values[row : row + n]
-            filled = base + t + n
-            row += n
-        series[filled:] = series[filled - 1]
-        return
-    grid = series.reshape(-1, block)
-    row_ends = np.cumsum(n_new)
-    last = values[row_ends - 1]
-    grid[(ends - 1) // block] = last[:, None]
-    grid[-1] = last[-1]
-    width = tails.shape[1]
-    if width:
-        # The tails as the first row of each symbol's blocks. A symbol of fewer than W - 1
-        # values so far has padding inside that row: its last value past its tail (the new
-        # values then overwrite the start of that).
-        grid[bases // block, :width] = tails
-        short = np.flatnonzero(ends - bases < width)
-        if short.shape[0]:
-            grid[bases[short] // block, :width] = np.where(
-                np.arange(width) < tail_len[short, None], tails[short], last[short, None]
-            )
-    series[StartRuns(bases + tail_len, n_new, 1).indices()] = values
-
-
-def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | None:
+def fused_kernel(
+    model: Model, *, window: int, normalize: str, block: int | None = None
+) -> FusedKernel | None:
     """The fused kernel for ``model`` under ``normalize``, or None where the general path is needed.
+
+    ``block``: windows per block, if not the default (`_block_size`); a packed layout
+    (`tickpool.operators.layout`) asks for smaller ones when a batch gives each symbol only a
+    few windows. Any ``block >= 1`` works, whatever W.
 
     >>> fused_kernel(WindowMean(), window=8, normalize="window-zscore").kind
     'mean'
@@ -582,7 +596,9 @@ def fused_kernel(model: Model, *, window: int, normalize: str) -> FusedKernel | 
         return None  # the strided view is already the cheap path for these
     h = model.horizon
     fft = kind == "linear" and window >= FFT_MIN_WINDOW
-    b = _block_size(window, fft)
+    if block is not None and block < 1:
+        raise ValueError(f"block {block}: expected at least 1 window per block")
+    b = _block_size(window, fft) if block is None else block
     wsum = np.zeros(h)
     intercept = np.zeros(h)
     toeplitz = spectrum = averaging = None

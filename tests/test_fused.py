@@ -20,10 +20,10 @@ from tickpool.operators.fused import (
     FFT_MIN_WINDOW,
     SUMS_GEMM_MAX_WINDOW,
     FusedKernel,
-    block_layout,
     fused_kernel,
 )
 from tickpool.operators.items import TickBatch
+from tickpool.operators.layout import block_layout
 from tickpool.operators.models import Ensemble, LastValue, LinearModel, WindowMean
 from tickpool.pipeline.pool import BufferPool
 
@@ -181,9 +181,9 @@ def test_fused_kernel_runs_on_every_batch_with_windows(monkeypatch: pytest.Monke
     calls: list[int] = []
     predict = FusedKernel.predict
 
-    def counting(self: FusedKernel, *args: Any) -> None:
+    def counting(self: FusedKernel, *args: Any, **kwargs: Any) -> None:
         calls.append(args[1].shape[0])
-        predict(self, *args)
+        predict(self, *args, **kwargs)
 
     monkeypatch.setattr(FusedKernel, "predict", counting)
     n = 300

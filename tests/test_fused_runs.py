@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tickpool.operators.fused import StartRuns, block_layout, fused_kernel
+from tickpool.operators.fused import StartRuns, fused_kernel
+from tickpool.operators.layout import block_layout
 from tickpool.operators.models import LastValue, LinearModel, Model, WindowMean
 
 CASES = [

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from tickpool.connectors.synthetic import generate_batches
 from tickpool.operators import fused, symbol_column
 from tickpool.operators.engine import EngineConfig, WindowPredictor
-from tickpool.operators.fused import StartRuns, block_layout, fill_series
+from tickpool.operators.fused import StartRuns
 from tickpool.operators.items import TickBatch
+from tickpool.operators.layout import block_layout, fill_series
 from tickpool.operators.models import LastValue, LinearModel, Model, WindowMean
 from tickpool.operators.symbol_column import SymbolNames
 from tickpool.pipeline.pool import BufferPool

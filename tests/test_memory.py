@@ -139,9 +139,11 @@ def allocations_per_batch(rows: int, batches: int) -> float:
 def test_allocations_per_batch_do_not_grow_with_batches_or_batch_size() -> None:
     few, many = allocations_per_batch(1024, 30), allocations_per_batch(1024, 120)
     assert abs(many - few) <= 0.02 * few, (few, many)
-    # 4 times the rows: the same steps, nothing per tick or per block. (Compared exactly from
-    # 16,384 rows on: below that, some per-symbol counts and offsets are Python ints under 257,
-    # which CPython caches, so 1,024-row batches allocate about 200 objects fewer.)
+    # 4 times the rows: nothing more, nothing per tick or per block. (Compared from 16,384 rows
+    # on: below that, some per-symbol counts and offsets are Python ints under 257, which
+    # CPython caches, so 1,024-row batches allocate about 200 objects fewer. And 16,384-row
+    # batches give the rarest symbols few enough windows that the engine prices the packed
+    # layout, operators/layout.py, a fixed 30-odd allocations that 65,536-row batches skip.)
     mid, big = allocations_per_batch(16384, 30), allocations_per_batch(65536, 30)
-    assert abs(big - mid) <= 0.01 * mid, (mid, big)
+    assert big <= 1.01 * mid, (mid, big)
     assert mid <= 1.15 * few, (few, mid)  # 16 times the rows: only those cached ints more
