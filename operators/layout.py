@@ -51,7 +51,8 @@ DENSE_MIN_ROWS: Final = 8
 """A batch whose every symbol brings at least this many blocks of windows keeps the dense
 layout without pricing the others (its tails and padding are then at most about 1/8 of it)."""
 PACKED_OVERHEAD: Final = 1.15
-"""The packed layout's two extra gathers, as a factor on its cost (measured: section 18)."""
+"""The packed layout's two extra gathers, as a factor on its cost (a judgement: about three
+passes over its rows' values of some twenty; docs/optimizations.md section 18)."""
 _MIN_BLOCK: Final = 16
 
 
