@@ -162,18 +162,16 @@ class KernelSet:
         live = count > 0
         spans = (count[live] - 1) * stride + 1  # start positions each symbol's windows cover
         if (
-            main.kind == "last"
+            not self._blocks.shape[0]  # the 'last' kind: no grid to pack
             or not spans.shape[0]
             or int(spans.min()) >= (DENSE_MIN_ROWS * main.block)
         ):
-            return dense_layout(main, tail_len, n_new, first, count, stride)
-        if not self._blocks.shape[0]:
             return dense_layout(main, tail_len, n_new, first, count, stride)
         # Every block's rows at once: (blocks, symbols) ceiling divisions, summed per block.
         rows = (-(-spans // self._blocks[:, None])).sum(axis=1)
         costs = PACKED_OVERHEAD * rows * self._row_costs
         best = int(costs.argmin())
-        dense_cost = _dense_rows(tail_len + n_new, main.block) * self._dense_cost
+        dense_cost = block_layout(tail_len + n_new, main.block)[1] * self._dense_cost
         if not costs[best] < dense_cost:
             return dense_layout(main, tail_len, n_new, first, count, stride)
         return packed_layout(
@@ -226,10 +224,6 @@ def packed_layout(
     reads = int(rows[-1]) + block + w - 1 if rows.shape[0] else 0
     series_len = max(int(lengths.sum()), reads, int(bases[-1]) + w - 1 if bases.shape[0] else 0)
     return Layout(kernel, bases, int(n_rows.sum()), rows, starts, series_len)
-
-
-def _dense_rows(lengths: IntArray, block: int) -> int:
-    return int((-(-lengths // block)).sum())
 
 
 def _row_cost(k: FusedKernel) -> float:
