@@ -565,8 +565,15 @@ def throughput_rows(
     return rows, check
 
 
+SYMBOL_PATHS = {  # engine path -> the normalization that sends a linear model down it
+    "fused kernel": "window-zscore",
+    "window matrix": "window-minmax",
+}
+
+
 def symbol_count_rows(ticks: int, runs: int) -> list[list[object]]:
-    """Window z-score + linear over streams of ``SYMBOL_COUNTS`` symbols, interleaved runs."""
+    """A linear model over streams of ``SYMBOL_COUNTS`` symbols, on both batched engine paths
+    (the fused kernel; the window matrix any other model or window mode takes), interleaved."""
     from tickpool.connectors.synthetic import generate_batches
 
     streams = {}
@@ -576,40 +583,41 @@ def symbol_count_rows(ticks: int, runs: int) -> list[list[object]]:
         present = statistics.mean(pc.count_distinct(c).as_py() for c in codes)
         streams[n_sym] = ([TickBatch(b, "bench", i) for i, b in enumerate(batches)], present)
     rng = np.random.default_rng(5)
-    models = {
-        w: LinearModel(
-            rng.normal(0.0, 1.0, (w, 1)) / w, 0.0, window=w, horizon=1, normalize="window-zscore"
-        )
-        for w in SYMBOL_WINDOWS
-    }
-    jobs = [(w, n) for w in SYMBOL_WINDOWS for n in SYMBOL_COUNTS]
-    seconds: dict[tuple[int, int], list[float]] = {job: [] for job in jobs}
+    weights = {w: rng.normal(0.0, 1.0, (w, 1)) / w for w in SYMBOL_WINDOWS}
+    jobs = [(p, w, n) for p in SYMBOL_PATHS for w in SYMBOL_WINDOWS for n in SYMBOL_COUNTS]
+    seconds: dict[tuple[str, int, int], list[float]] = {job: [] for job in jobs}
     shuffler = random.Random(29)
     for _ in range(runs):
         shuffler.shuffle(jobs)
-        for w, n_sym in jobs:
+        for path, w, n_sym in jobs:
             gc.collect()
-            wp = WindowPredictor(
-                EngineConfig(window=w), models[w], BufferPool.for_tier("streaming")
-            )
+            mode = SYMBOL_PATHS[path]
+            model = LinearModel(weights[w], 0.0, window=w, horizon=1, normalize=mode)
+            config = EngineConfig(window=w, normalize=mode)  # type: ignore[arg-type]
+            wp = WindowPredictor(config, model, BufferPool.for_tier("streaming"))
+            assert wp.fused == (path == "fused kernel")
             t0 = time.perf_counter()
             for item in streams[n_sym][0]:
                 wp.process(item)
-            seconds[(w, n_sym)].append(time.perf_counter() - t0)
+            seconds[(path, w, n_sym)].append(time.perf_counter() - t0)
     rows: list[list[object]] = []
-    for w in SYMBOL_WINDOWS:
-        n_batches = len(streams[SYMBOL_COUNTS[0]][0])
-        base_s = statistics.median(seconds[(w, SYMBOL_COUNTS[0])])
-        base_present = streams[SYMBOL_COUNTS[0]][1]
-        for n_sym in SYMBOL_COUNTS:
-            s = statistics.median(seconds[(w, n_sym)])
-            present = streams[n_sym][1]
-            extra = (
-                (s - base_s) / n_batches / (present - base_present) * 1e6
-                if present > base_present
-                else ""
-            )
-            rows.append([w, n_sym, round(present), ticks / s / 1e6, s / n_batches * 1e3, extra])
+    n_batches = len(streams[SYMBOL_COUNTS[0]][0])
+    base_present = streams[SYMBOL_COUNTS[0]][1]
+    for path in SYMBOL_PATHS:
+        for w in SYMBOL_WINDOWS:
+            base_s = statistics.median(seconds[(path, w, SYMBOL_COUNTS[0])])
+            for n_sym in SYMBOL_COUNTS:
+                s = statistics.median(seconds[(path, w, n_sym)])
+                present = streams[n_sym][1]
+                extra = (
+                    (s - base_s) / n_batches / (present - base_present) * 1e6
+                    if present > base_present
+                    else ""
+                )
+                label = f"{path} ({SYMBOL_PATHS[path]})"
+                rows.append(
+                    [label, w, n_sym, round(present), ticks / s / 1e6, s / n_batches * 1e3, extra]
+                )
     return rows
 
 
@@ -641,10 +649,13 @@ Columns.
   over the whole run).
 - The literal baseline builds one prediction RecordBatch per input batch like the engine;
   *max rel. diff* compares its predictions with the engine's (window-zscore, same weights).
-- *Symbols per batch*: *present per batch*, the mean number of symbols with at least one tick in
-  a batch (the synthetic rates are log-spread, so the rarest symbols miss some batches); *us per
-  extra symbol*: the median time per batch above the 8-symbol stream's, divided by the extra
-  symbols present (what one more symbol in a batch costs).
+- *Symbols per batch*: the same linear model on the engine's two batched paths: the fused
+  kernel (window z-score) and the window matrix (window min-max here; any model or window mode
+  the fused kernels do not cover: operators/matrix.py). *present per batch*, the mean number of
+  symbols with at least one tick in a batch (the synthetic rates are log-spread, so the rarest
+  symbols miss some batches); *us per extra symbol*: the median time per batch above the
+  8-symbol stream's, divided by the extra symbols present (what one more symbol in a batch
+  costs).
 """
 
 
@@ -723,12 +734,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(markdown_table(["W", "literal vs engine: max rel. diff", "ticks compared"], check))
     print(
-        f"\n## Symbols per batch: {ticks:,} ticks, {SYMBOL_BATCH_ROWS:,}-row batches, window"
-        f" z-score + LinearModel, stride 1, horizon 1 (median of {args.runs} runs)\n"
+        f"\n## Symbols per batch: {ticks:,} ticks, {SYMBOL_BATCH_ROWS:,}-row batches,"
+        f" LinearModel, stride 1, horizon 1 (median of {args.runs} runs)\n"
     )
     print(
         markdown_table(
             [
+                "engine path (normalization)",
                 "W",
                 "symbols",
                 "present per batch",

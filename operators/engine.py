@@ -8,15 +8,17 @@ turns each :class:`~tickpool.operators.items.TickBatch` into one prediction
 1. read the columns zero-copy (:func:`~tickpool.operators.columns.read_ticks`);
    rows with a null or non-finite value become dead letters, not NaN predictions;
 2. group the rows by symbol inside numpy (one stable radix argsort of symbol ids);
-3. per symbol, gather ``tail + new values`` into one pooled series buffer (the one
-   copy on the hot path), normalize (running modes: in place over the new values),
-   cut the windows as a strided view (copied into a pooled matrix only for
-   per-window normalization or a model that wants contiguous rows), predict into a
-   pooled output, and map predictions back to the value's units;
-   For the built-in models under ``window-zscore`` (and ``linear`` under ``none``), at
-   strides where it pays, step 3 is instead one call of a fused kernel
-   (:mod:`~tickpool.operators.fused`) over every symbol of the batch at once: rolling sums
-   and one correlation, no window matrix;
+3. lay every symbol's ``tail + new values`` out in one pooled series buffer (the one
+   copy on the hot path) and predict every window of the batch at once:
+   - the built-in models under ``window-zscore`` (and ``linear`` under ``none``), at
+     strides where it pays: one call of a fused kernel (:mod:`~tickpool.operators.fused`):
+     rolling sums and one correlation, no window matrix;
+   - any other model under a per-window mode (or ``none``, when it wants its rows copied):
+     the windows in chunks of one pooled matrix (:mod:`~tickpool.operators.matrix`),
+     normalized per row, one model call per chunk, mapped back to the value's units;
+   - running modes (``zscore``, ``minmax``), whose statistics are each symbol's history,
+     and a model that reads the strided windows as they are: symbol by symbol, normalizing
+     the new values in place and cutting the windows as a strided view;
 4. wrap the pooled outputs zero-copy as Arrow columns: the buffers return to the
    pool when the last consumer drops the prediction batch.
 
@@ -47,6 +49,7 @@ from tickpool.operators.columns import (
 from tickpool.operators.fused import StartRuns, fused_kernel
 from tickpool.operators.items import DeadLetter, TickBatch, prediction_schema
 from tickpool.operators.layout import KernelSet
+from tickpool.operators.matrix import WindowMatrix
 from tickpool.operators.models import Ensemble, LinearModel, Model, check_compatible
 from tickpool.operators.normalize import (
     NormalizeMode,
@@ -58,9 +61,6 @@ from tickpool.operators.normalize import (
     parse_mode,
     running_minmax,
     running_zscore,
-    window_minmax,
-    window_robust,
-    window_zscore,
 )
 from tickpool.operators.symbol_column import SymbolNames
 from tickpool.operators.symbols import SymbolGroups, SymbolTable, group_by_symbol
@@ -194,6 +194,14 @@ class WindowPredictor:
             kernel = fused_kernel(model, window=config.window, normalize=config.normalize)
             if kernel is not None and kernel.pays_at(config.stride):
                 self._fused = KernelSet(kernel, model)
+        # Any other model under a per-window mode (or "none" with a model that wants its rows
+        # copied): every symbol's windows in chunks of one matrix, one model call per chunk.
+        # Running modes keep a step per symbol (their statistics are each symbol's history), and
+        # so does a model that reads the strided windows as they are.
+        self._batched: WindowMatrix | None = None
+        mode = config.normalize
+        if self._fused is None and not is_running(mode) and (mode != "none" or self._materialize):
+            self._batched = WindowMatrix(model, mode, config.window)
         self.rows = 0
         self.processed = 0
         self.dead_rows = 0
@@ -250,8 +258,9 @@ class WindowPredictor:
         ids = codes if _is_identity(table_ids) else table_ids[codes]
         self._grow_states()
         groups = group_by_symbol(ids, len(self.symbols))
-        if self._fused is not None:
-            return self._predict_fused(self._fused, ticks, groups)
+        planner = self._fused if self._fused is not None else self._batched
+        if planner is not None:
+            return self._predict_laid_out(planner, ticks, groups)
         plan: list[tuple[int, npt.NDArray[np.intp], WindowGeometry]] = []
         total = 0
         for k in groups.present.tolist():
@@ -300,12 +309,14 @@ class WindowPredictor:
         """True if batches take the fused kernel path (see :mod:`~tickpool.operators.fused`)."""
         return self._fused is not None
 
-    def _predict_fused(
-        self, kernels: KernelSet, ticks: Ticks, groups: SymbolGroups
+    def _predict_laid_out(
+        self, planner: KernelSet | WindowMatrix, ticks: Ticks, groups: SymbolGroups
     ) -> pa.RecordBatch | None:
         """Every symbol's windows of this batch at once: one series buffer of each symbol's
-        tail + new values (laid out dense or packed, whichever costs less for this batch:
-        `~tickpool.operators.layout`), one fused kernel call, then the tails move forward.
+        tail + new values, then the tails move forward. The fused kernel lays it out dense or
+        packed, whichever costs less for this batch (`~tickpool.operators.layout`), and makes
+        one call; any other model gets the windows in chunks of one matrix
+        (`~tickpool.operators.matrix`), one call per chunk.
 
         Nothing here costs a Python step per symbol once a batch holds more than
         `~tickpool.operators.fused.SLICE_RUNS_MAX` of them: the state is read and written as
@@ -321,7 +332,7 @@ class WindowPredictor:
         count, first_end = window_geometries(seen, n_new, window=w, stride=stride)
         total = int(count.sum())
         lengths = tail_len + n_new
-        layout = kernels.plan(tail_len, n_new, first_end - (w - 1), count, stride)
+        layout = planner.plan(tail_len, n_new, first_end - (w - 1), count, stride)
         rows = groups.order if ticks.keep is None else ticks.keep[groups.order]
         n_rows = rows.shape[0]
         # Stride 1 with every symbol past its first W - 1 ticks: every row ends a window, so the
@@ -391,9 +402,9 @@ class WindowPredictor:
         cfg = self.config
         with self._series(k, values, rows) as (series, loc_all, scale_all):
             view = windows_view(series, g, window=cfg.window, stride=cfg.stride)
-            if self._materialize or cfg.normalize != "none":
+            if is_running(cfg.normalize):
                 self._predict_matrix(view, g, out, loc_all, scale_all)
-            else:
+            else:  # "none" and a model that takes the strided view as it is
                 self.model.predict(view, out)
 
     def _predict_matrix(
@@ -404,29 +415,21 @@ class WindowPredictor:
         loc_all: FloatArray | None,
         scale_all: FloatArray | None,
     ) -> None:
+        """Running modes: the windows (normalized in the series already) into a pooled matrix,
+        the model, and back to units by the statistics at each window's last tick."""
         cfg, pool = self.config, self.pool
         m, w = view.shape
-        mode = cfg.normalize
-        robust = mode == "robust"
-        mats = m * w * (2 if robust else 1)  # the window matrix (+ partition scratch)
-        lease = pool.acquire(mats + 3 * m)
+        lease = pool.acquire(m * w + 2 * m)
         try:
             mat = lease[: m * w].reshape(m, w)
             np.copyto(mat, view)
-            loc, scale, scratch = (lease[mats + i * m : mats + (i + 1) * m] for i in range(3))
-            if mode == "window-zscore":
-                window_zscore(mat, loc, scale, scratch=scratch)
-            elif mode == "window-minmax":
-                window_minmax(mat, loc, scale, scratch=scratch)
-            elif robust:
-                window_robust(mat, loc, scale, lease[m * w : mats].reshape(m, w))
-            elif loc_all is not None and scale_all is not None:
-                ends = g.end_rows(cfg.stride)
-                np.take(loc_all, ends, out=loc, mode="clip")  # in range (see _predict_fused)
-                np.take(scale_all, ends, out=scale, mode="clip")
+            loc, scale = lease[m * w : m * w + m], lease[m * w + m :]
+            assert loc_all is not None and scale_all is not None  # only running modes come here
+            ends = g.end_rows(cfg.stride)
+            np.take(loc_all, ends, out=loc, mode="clip")  # in range (see _predict_laid_out)
+            np.take(scale_all, ends, out=scale, mode="clip")
             self.model.predict(mat, out)
-            if mode != "none":
-                denormalize(out, loc, scale)
+            denormalize(out, loc, scale)
         finally:
             pool.release(lease)
 
@@ -455,7 +458,7 @@ class WindowPredictor:
             series = lease[: t + n]
             series[:t] = tail[:t]
             new = series[t:]
-            np.take(values, rows, out=new, mode="clip")  # in range (see _predict_fused)
+            np.take(values, rows, out=new, mode="clip")  # in range (see _predict_laid_out)
             loc_all = scale_all = None
             if running:
                 loc_all, scale_all, scratch = (

@@ -50,6 +50,7 @@ __all__ = [
     "running_minmax",
     "running_zscore",
     "window_minmax",
+    "window_normalize",
     "window_robust",
     "window_zscore",
     "zscore_alloc",
@@ -539,6 +540,35 @@ def window_robust(
     np.subtract(mat, loc_out[:, None], out=mat)
     np.greater(scale_out, 0.0, out=flag)
     _divide_kept(mat, scale_out, flag)
+
+
+def window_normalize(
+    mode: NormalizeMode,
+    mat: FloatArray,
+    loc_out: FloatArray,
+    scale_out: FloatArray,
+    scratch: FloatArray,
+) -> None:
+    """Normalize each row of ``mat`` in place by a per-window ``mode``; ``none`` leaves it.
+
+    ``scratch``: at least ``m`` float64 elements, ``m * W`` for ``robust``. A running mode is
+    an error: its statistics come from each symbol's history, not from the row.
+
+    >>> mat = np.array([[1.0, 3.0]])
+    >>> loc, scale = np.empty(1), np.empty(1)
+    >>> window_normalize("window-minmax", mat, loc, scale, np.empty(2))
+    >>> mat.tolist(), loc.tolist(), scale.tolist()
+    ([[0.0, 1.0]], [1.0], [2.0])
+    """
+    m = mat.shape[0]
+    if mode == "window-zscore":
+        window_zscore(mat, loc_out, scale_out, scratch=scratch[:m])
+    elif mode == "window-minmax":
+        window_minmax(mat, loc_out, scale_out, scratch=scratch[:m])
+    elif mode == "robust":
+        window_robust(mat, loc_out, scale_out, scratch[: mat.size].reshape(mat.shape))
+    elif mode != "none":
+        raise ValueError(f"window_normalize: {mode!r} is not a per-window mode")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,162 @@
+"""The general path, batched: any model gets every symbol's windows in chunks of one matrix.
+
+The predictions must be the plain float64 reference's whatever the batch cuts and however the
+windows fall into chunks (inside one symbol, or across several), and a model must be called
+once per chunk, not once per symbol.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+from unittest import mock
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.test_engine import assert_matches_reference, make_model, tick_tables
+from tickpool.operators import matrix
+from tickpool.operators.engine import EngineConfig, WindowPredictor
+from tickpool.operators.items import TickBatch
+from tickpool.operators.matrix import WindowMatrix
+from tickpool.operators.models import Model, WindowMean
+from tickpool.pipeline.pool import BufferPool
+
+WINDOW_MODES = ["none", "window-zscore", "window-minmax", "robust"]
+
+
+def run_batched(
+    table: pa.Table, cuts: list[int], cfg: EngineConfig, model: Model, pool: BufferPool
+) -> list[pa.RecordBatch]:
+    """The engine on ``table`` cut at ``cuts``, with the fused kernels off."""
+    wp = WindowPredictor(cfg, model, pool, fused=False)
+    assert wp._batched is not None  # the path under test
+    out = []
+    bounds = [0, *sorted(set(cuts)), table.num_rows]
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+        if b > a:
+            batch = table.slice(a, b - a).combine_chunks().to_batches()[0]
+            r = wp.process(TickBatch(batch, "test", i))
+            if r.predictions is not None:
+                out.append(r.predictions)
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    table=tick_tables(),
+    window=st.integers(1, 12),
+    stride=st.integers(1, 4),
+    horizon=st.integers(1, 3),
+    mode=st.sampled_from(WINDOW_MODES),
+    spec=st.sampled_from(["last", "mean", "linear"]),
+    chunk_values=st.integers(1, 60),
+    data=st.data(),
+)
+def test_chunked_windows_match_the_plain_reference_whatever_the_cuts(
+    table: pa.Table,
+    window: int,
+    stride: int,
+    horizon: int,
+    mode: str,
+    spec: str,
+    chunk_values: int,
+    data: st.DataObject,
+) -> None:
+    if mode == "none" and spec != "linear":
+        spec = "linear"  # "none" batches only models that want their rows copied
+    cuts = data.draw(st.lists(st.integers(0, table.num_rows), max_size=12))
+    cfg = EngineConfig(window=window, stride=stride, horizon=horizon, normalize=mode)  # type: ignore[arg-type]
+    model = make_model(spec, window, horizon, mode)
+    pool = BufferPool.for_tier("small")
+    # Chunks of a few windows: most cross from one symbol's windows into the next one's.
+    with mock.patch.object(matrix, "CHUNK_VALUES", chunk_values):
+        batches = run_batched(table, cuts, cfg, model, pool)
+    assert_matches_reference(table, batches, cfg, model)
+    del batches
+    gc.collect()
+    assert pool.stats().leased == 0
+
+
+class CountingMean:
+    """A user's model (the window mean), counting its calls and the rows of each."""
+
+    horizon = 1
+    window = None
+    normalize = None
+    needs_contiguous = False
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict(self, windows: np.ndarray, out: np.ndarray) -> None:
+        self.calls.append(windows.shape[0])
+        WindowMean().predict(windows, out)
+
+
+def many_symbols_batch(symbols: int, per_symbol: int, seed: int = 0) -> pa.RecordBatch:
+    rng = np.random.default_rng(seed)
+    n = symbols * per_symbol
+    codes = np.tile(np.arange(symbols, dtype=np.int32), per_symbol)
+    return pa.record_batch(
+        {
+            "ts": pa.array(np.arange(n, dtype=np.int64), pa.timestamp("ns", tz="UTC")),
+            "symbol": pa.DictionaryArray.from_arrays(
+                pa.array(codes), pa.array([f"S{i:04d}" for i in range(symbols)])
+            ),
+            "price": 100.0 + rng.normal(0, 1, n).cumsum(),
+        }
+    )
+
+
+@pytest.mark.parametrize("mode", ["window-minmax", "robust", "window-zscore"])
+def test_a_model_is_called_once_per_chunk_not_once_per_symbol(mode: str) -> None:
+    model = CountingMean()
+    cfg = EngineConfig(window=8, normalize=mode)  # type: ignore[arg-type]
+    wp = WindowPredictor(cfg, model, BufferPool.for_tier("medium"))
+    batch = many_symbols_batch(symbols=500, per_symbol=12)
+    result = wp.process(TickBatch(batch, "test", 0))
+    assert result.predictions is not None
+    windows = 500 * (12 - 8 + 1)
+    assert result.predictions.num_rows == windows
+    assert model.calls == [windows]  # one call for 500 symbols (it was one per symbol)
+    with mock.patch.object(matrix, "CHUNK_VALUES", 8 * 1000):
+        model.calls.clear()
+        wp.process(TickBatch(many_symbols_batch(500, 3, seed=1), "test", 1))
+        assert model.calls == [1000, 500]  # 1,500 windows, at most 1,000 per call
+
+
+def predict_symbols(pieces: list[np.ndarray], w: int, chunk_windows: int) -> np.ndarray:
+    """`MatrixLayout.predict` (robust, window mean) on symbols with these values, no tails."""
+    n_sym = len(pieces)
+    tail_len = np.zeros(n_sym, dtype=np.intp)
+    n_new = np.array([p.shape[0] for p in pieces], dtype=np.intp)
+    count = n_new - (w - 1)
+    layout = WindowMatrix(WindowMean(), "robust", window=w).plan(
+        tail_len, n_new, np.zeros(n_sym, dtype=np.intp), count, 1
+    )
+    series = np.zeros(layout.series_len)
+    layout.fill(series, np.zeros((n_sym, w - 1)), tail_len, np.concatenate(pieces), n_new)
+    out = np.zeros((1, int(count.sum())))
+    with mock.patch.object(matrix, "CHUNK_VALUES", chunk_windows * w):
+        layout.predict(series, out, np.zeros(layout.scratch_size()))
+    return out[0]
+
+
+def test_chunks_of_one_symbol_and_chunks_across_symbols_give_the_same_values() -> None:
+    # The same 57 windows as one symbol (chunks of 7 of its own: strided slices of the series),
+    # and as 19 symbols of 3 windows each (chunks of 7 shared by three symbols: gathers).
+    rng = np.random.default_rng(3)
+    w, n = 5, 61
+    values = 50.0 + rng.normal(0, 1, n).cumsum()
+    one = predict_symbols([values], w, chunk_windows=7)
+    pieces = [values[i : i + w + 2] for i in range(0, n - w + 1, 3)]
+    many = predict_symbols(pieces, w, chunk_windows=7)
+    assert one.shape == many.shape == (n - w + 1,)
+    np.testing.assert_array_equal(many, one)
+    # Robust scaling, the window mean, then back to units: the plain window mean, to rounding.
+    plain = [values[i : i + w].mean() for i in range(n - w + 1)]
+    np.testing.assert_allclose(one, plain, rtol=1e-12)
