@@ -86,13 +86,12 @@ def traced_growth(predictor: WindowPredictor, batches: Iterator[TickBatch], n: i
     return tracemalloc.get_traced_memory()[0] - before
 
 
-@pytest.mark.parametrize(
-    ("normalize", "model"),
-    [("window-zscore", "linear"), ("zscore", "last"), ("robust", "mean"), ("none", "linear")],
-)
-def test_live_python_memory_does_not_grow_with_the_number_of_batches(
-    normalize: str, model: str
-) -> None:
+def live_growth(normalize: str, model: str) -> tuple[int, int]:
+    """Bytes still allocated (tracemalloc) after 192, then after 992 more, batches of a stream.
+
+    Run by the test below in a child process: tracemalloc counts every allocation of the
+    process, and what earlier tests leave behind (garbage, caches, pools) must not count.
+    """
     window = 32
     if model == "linear":
         m = LinearModel(
@@ -108,7 +107,8 @@ def test_live_python_memory_does_not_grow_with_the_number_of_batches(
     # and leased anew between two measurements. A clock that stands still keeps the wall time
     # out of what is measured (the pool's own tests cover its idle policy).
     pool = BufferPool.for_tier("streaming", clock=lambda: 0.0)
-    predictor = WindowPredictor(EngineConfig(window=window, normalize=normalize), m, pool)
+    config = EngineConfig(window=window, normalize=normalize)  # type: ignore[arg-type]
+    predictor = WindowPredictor(config, m, pool)
     # The generator holds one chunk of CHUNK_ROWS generated ticks (1.8 MB) at a time: each
     # phase below is whole chunks of batches, and the stream runs on past the last, so the
     # input holds the same at every measurement and only the engine's memory is compared.
@@ -123,6 +123,32 @@ def test_live_python_memory_does_not_grow_with_the_number_of_batches(
         later = traced_growth(predictor, batches, 31 * per_chunk)
     finally:
         tracemalloc.stop()
+    return first, later
+
+
+GROWTH_CHILD = (
+    "import sys\n"
+    "from tests.test_memory import live_growth\n"
+    "print(*live_growth(sys.argv[1], sys.argv[2]))\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("normalize", "model"),
+    [("window-zscore", "linear"), ("zscore", "last"), ("robust", "mean"), ("none", "linear")],
+)
+def test_live_python_memory_does_not_grow_with_the_number_of_batches(
+    normalize: str, model: str
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", GROWTH_CHILD, normalize, model],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    first, later = (int(x) for x in out.stdout.split())
     # Five times the batches may not hold more memory: small caches (numpy's dimension cache,
     # interned strings) settle within the first few hundred batches.
     assert later < 32 * 1024, f"{later} bytes held after 992 batches ({first} after 192)"
