@@ -9,17 +9,17 @@ turns each :class:`~tickpool.operators.items.TickBatch` into one prediction
    rows with a null or non-finite value become dead letters, not NaN predictions;
 2. group the rows by symbol inside numpy (one stable radix argsort of symbol ids);
 3. lay every symbol's ``tail + new values`` out in one pooled series buffer (the one
-   copy on the hot path) and predict every window of the batch at once:
+   copy on the hot path); running modes (``zscore``, ``minmax``) normalize each symbol's new
+   values there in place, symbol by symbol (their statistics are each symbol's history);
+4. predict every window of the batch at once:
    - the built-in models under ``window-zscore`` (and ``linear`` under ``none``), at
      strides where it pays: one call of a fused kernel (:mod:`~tickpool.operators.fused`):
      rolling sums and one correlation, no window matrix;
-   - any other model under a per-window mode (or ``none``, when it wants its rows copied):
-     the windows in chunks of one pooled matrix (:mod:`~tickpool.operators.matrix`),
-     normalized per row, one model call per chunk, mapped back to the value's units;
-   - running modes (``zscore``, ``minmax``), whose statistics are each symbol's history,
-     and a model that reads the strided windows as they are: symbol by symbol, normalizing
-     the new values in place and cutting the windows as a strided view;
-4. wrap the pooled outputs zero-copy as Arrow columns: the buffers return to the
+   - any other model or mode: the windows in chunks of one matrix
+     (:mod:`~tickpool.operators.matrix`; a strided view of the series where no row is
+     changed), normalized per row for per-window modes, one model call per chunk, mapped
+     back to the value's units;
+5. wrap the pooled outputs zero-copy as Arrow columns: the buffers return to the
    pool when the last consumer drops the prediction batch.
 
 Results do not depend on how the ticks were cut into batches.
@@ -28,8 +28,6 @@ Results do not depend on how the ticks were cut into batches.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,13 +47,12 @@ from tickpool.operators.columns import (
 from tickpool.operators.fused import StartRuns, fused_kernel
 from tickpool.operators.items import DeadLetter, TickBatch, prediction_schema
 from tickpool.operators.layout import KernelSet
-from tickpool.operators.matrix import WindowMatrix
+from tickpool.operators.matrix import MatrixLayout, WindowMatrix
 from tickpool.operators.models import Ensemble, LinearModel, Model, check_compatible
 from tickpool.operators.normalize import (
     NormalizeMode,
     RunningMoments,
     RunningRange,
-    denormalize,
     is_running,
     is_windowed,
     parse_mode,
@@ -65,10 +62,7 @@ from tickpool.operators.normalize import (
 from tickpool.operators.symbol_column import SymbolNames
 from tickpool.operators.symbols import SymbolGroups, SymbolTable, group_by_symbol
 from tickpool.operators.windows import (
-    WindowGeometry,
     window_geometries,
-    window_geometry,
-    windows_view,
 )
 
 __all__ = ["SNAPSHOT_VERSION", "BatchResult", "EngineConfig", "WindowPredictor"]
@@ -139,8 +133,9 @@ class WindowPredictor:
         fused: use the fused kernels of :mod:`~tickpool.operators.fused` where the model and
             mode allow (the built-in models under ``window-zscore`` or ``none``) and the stride
             is small enough for them to pay (``FusedKernel.pays_at``): rolling sums and one
-            correlation per horizon over the whole batch, no window matrix. False forces the
-            general path (for comparisons; same results to float rounding).
+            correlation per horizon over the whole batch, no window matrix. Everything else,
+            and everything with False (for comparisons; same results to float rounding), takes
+            the window matrix (:mod:`~tickpool.operators.matrix`).
 
     Example:
 
@@ -184,24 +179,24 @@ class WindowPredictor:
         self._dictionary: list[str] | None = None  # the last batch's symbol dictionary
         self._dictionary_ids = np.zeros(0, dtype=np.int32)  # its entries' ids in self.symbols
         self._schema = prediction_schema(config.horizon)
-        self._materialize = (
-            is_windowed(config.normalize)
-            or bool(model.needs_contiguous)
-            or isinstance(model, LinearModel | Ensemble)  # BLAS wants rows of their own
-        )
         self._fused: KernelSet | None = None
         if fused:
             kernel = fused_kernel(model, window=config.window, normalize=config.normalize)
             if kernel is not None and kernel.pays_at(config.stride):
                 self._fused = KernelSet(kernel, model)
-        # Any other model under a per-window mode (or "none" with a model that wants its rows
-        # copied): every symbol's windows in chunks of one matrix, one model call per chunk.
-        # Running modes keep a step per symbol (their statistics are each symbol's history), and
-        # so does a model that reads the strided windows as they are.
-        self._batched: WindowMatrix | None = None
-        mode = config.normalize
-        if self._fused is None and not is_running(mode) and (mode != "none" or self._materialize):
-            self._batched = WindowMatrix(model, mode, config.window)
+        # Any other model or mode: every symbol's windows in chunks of one matrix, one model call
+        # per chunk. Rows are copied even within one symbol where a per-window mode normalizes
+        # them in place, or the model wants rows of its own (BLAS, for the linear ones).
+        copy_rows = (
+            is_windowed(config.normalize)
+            or bool(model.needs_contiguous)
+            or isinstance(model, LinearModel | Ensemble)
+        )
+        self._planner: KernelSet | WindowMatrix = (
+            self._fused
+            if self._fused is not None
+            else WindowMatrix(model, config.normalize, config.window, copy_rows=copy_rows)
+        )
         self.rows = 0
         self.processed = 0
         self.dead_rows = 0
@@ -242,7 +237,6 @@ class WindowPredictor:
         )
 
     def _predict(self, ticks: Ticks) -> pa.RecordBatch | None:
-        cfg = self.config
         keep = ticks.keep
         codes = ticks.codes if keep is None else ticks.codes[keep]
         if codes.shape[0] == 0:
@@ -258,51 +252,7 @@ class WindowPredictor:
         ids = codes if _is_identity(table_ids) else table_ids[codes]
         self._grow_states()
         groups = group_by_symbol(ids, len(self.symbols))
-        planner = self._fused if self._fused is not None else self._batched
-        if planner is not None:
-            return self._predict_laid_out(planner, ticks, groups)
-        plan: list[tuple[int, npt.NDArray[np.intp], WindowGeometry]] = []
-        total = 0
-        for k in groups.present.tolist():
-            seen = int(self._seen[k])
-            rows = groups.rows(k)
-            if keep is not None:
-                rows = keep[rows]
-            g = window_geometry(
-                seen=seen,
-                tail_len=min(seen, cfg.window - 1),
-                n_new=rows.shape[0],
-                window=cfg.window,
-                stride=cfg.stride,
-            )
-            plan.append((k, rows, g))
-            total += g.count
-        if total == 0:
-            for k, rows, _ in plan:
-                self._advance(k, ticks.values, rows)
-            return None
-
-        h = cfg.horizon
-        out_lease = self.pool.acquire(h * total)
-        ts_lease = self.pool.acquire(total)
-        out = out_lease.reshape(h, total)
-        ts_out = ts_lease.view(np.int64)
-        runs: list[tuple[int, int]] = []  # (symbol id, windows), in output order
-        offset = 0
-        for k, rows, g in plan:
-            if g.count:
-                end = offset + g.count
-                self._windows_predict(k, ticks.values, rows, g, out[:, offset:end].T)
-                np.take(
-                    ticks.ts, _end_rows(rows, g, cfg.stride), out=ts_out[offset:end], mode="clip"
-                )
-                runs.append((k, g.count))
-                offset = end
-            else:
-                self._advance(k, ticks.values, rows)
-        del out
-        ids, counts = np.array(runs, dtype=np.intp).reshape(-1, 2).T
-        return self._prediction_batch(out_lease, ts_out, ids, counts, total)
+        return self._predict_laid_out(self._planner, ticks, groups)
 
     @property
     def fused(self) -> bool:
@@ -316,7 +266,8 @@ class WindowPredictor:
         tail + new values, then the tails move forward. The fused kernel lays it out dense or
         packed, whichever costs less for this batch (`~tickpool.operators.layout`), and makes
         one call; any other model gets the windows in chunks of one matrix
-        (`~tickpool.operators.matrix`), one call per chunk.
+        (`~tickpool.operators.matrix`), one call per chunk. Running modes first normalize each
+        symbol's new values in the series (`_normalize_running`: a step per symbol).
 
         Nothing here costs a Python step per symbol once a batch holds more than
         `~tickpool.operators.fused.SLICE_RUNS_MAX` of them: the state is read and written as
@@ -346,8 +297,12 @@ class WindowPredictor:
         n_sym = present.shape[0]
         tail_lease = pool.acquire(max(n_sym * (w - 1), 1))  # these symbols' tails
         tail_rows = tail_lease[: n_sym * (w - 1)].reshape(n_sym, w - 1)
+        # Running modes: loc, scale and scratch per new tick, then loc and scale per window.
+        running = is_running(cfg.normalize)
+        stats = pool.acquire(3 * n_rows + 2 * total) if running else None
         live = count > 0
         result = None
+        updated: list[RunningMoments | RunningRange] = []
         try:
             values = gathered[:n_rows]
             # Every index here comes from the batch's own grouping, so it is in range, and
@@ -357,18 +312,33 @@ class WindowPredictor:
             np.take(ticks.values, rows, out=values, mode="clip")
             np.take(self._tails, present, axis=0, out=tail_rows, mode="clip")
             layout.fill(series, tail_rows, tail_len, values, n_new)
+            if stats is not None:
+                starts = layout.bases + tail_len
+                updated = self._normalize_running(series, present, starts, n_new, stats)
             if ts_lease is not None and out_lease is not None and scratch is not None:
                 ts_out = ts_lease.view(np.int64)
+                # Each window's last tick, in symbol order: runs over the new ticks (all of
+                # them, in order, when every row ends a window).
+                ends = None
                 if every_row:
                     np.take(ticks.ts, rows, out=ts_out, mode="clip")
                 else:
                     ts = gathered[n_rows:].view(np.int64)
                     np.take(ticks.ts, rows, out=ts, mode="clip")
-                    # Each window's last tick, in symbol order: runs over ts.
                     row_starts = np.cumsum(n_new) - n_new
                     ends = StartRuns((row_starts + first_end - tail_len)[live], count[live], stride)
                     ends.take(ts, ts_out)
-                layout.predict(series, out_lease.reshape(h, total), scratch)
+                out = out_lease.reshape(h, total)
+                if stats is not None and isinstance(layout, MatrixLayout):
+                    loc, scale = stats[:n_rows], stats[n_rows : 2 * n_rows]
+                    if ends is not None:
+                        per_window = stats[3 * n_rows :]
+                        ends.take(loc, per_window[:total])
+                        ends.take(scale, per_window[total:])
+                        loc, scale = per_window[:total], per_window[total:]
+                    layout.predict(series, out, scratch, loc, scale)
+                else:
+                    layout.predict(series, out, scratch)
                 result = self._prediction_batch(
                     out_lease, ts_out, present[live], count[live], total
                 )
@@ -379,101 +349,58 @@ class WindowPredictor:
                 tail_from = layout.bases + np.maximum(lengths - (w - 1), 0)
                 self._tails[present] = sliding_window_view(series, w - 1)[tail_from]
             self._seen[present] += n_new
+            for k, state in zip(present.tolist(), updated, strict=False):
+                if isinstance(state, RunningMoments):
+                    self._moments[k] = state
+                else:
+                    self._ranges[k] = state
         except BaseException:
             for lease in (out_lease, ts_lease):
                 if lease is not None:
                     pool.release(lease)
             raise
         finally:
-            for lease in (scratch, series, gathered, tail_lease):
+            for lease in (scratch, series, gathered, tail_lease, stats):
                 if lease is not None:
                     pool.release(lease)
         return result
 
-    def _windows_predict(
+    def _normalize_running(
         self,
-        k: int,
-        values: FloatArray,
-        rows: npt.NDArray[np.intp],
-        g: WindowGeometry,
-        out: FloatArray,
-    ) -> None:
-        """Windows of symbol ``k`` ending in this batch -> predictions in ``out`` (m, H)."""
-        cfg = self.config
-        with self._series(k, values, rows) as (series, loc_all, scale_all):
-            view = windows_view(series, g, window=cfg.window, stride=cfg.stride)
-            if is_running(cfg.normalize):
-                self._predict_matrix(view, g, out, loc_all, scale_all)
-            else:  # "none" and a model that takes the strided view as it is
-                self.model.predict(view, out)
-
-    def _predict_matrix(
-        self,
-        view: FloatArray,
-        g: WindowGeometry,
-        out: FloatArray,
-        loc_all: FloatArray | None,
-        scale_all: FloatArray | None,
-    ) -> None:
-        """Running modes: the windows (normalized in the series already) into a pooled matrix,
-        the model, and back to units by the statistics at each window's last tick."""
-        cfg, pool = self.config, self.pool
-        m, w = view.shape
-        lease = pool.acquire(m * w + 2 * m)
-        try:
-            mat = lease[: m * w].reshape(m, w)
-            np.copyto(mat, view)
-            loc, scale = lease[m * w : m * w + m], lease[m * w + m :]
-            assert loc_all is not None and scale_all is not None  # only running modes come here
-            ends = g.end_rows(cfg.stride)
-            np.take(loc_all, ends, out=loc, mode="clip")  # in range (see _predict_laid_out)
-            np.take(scale_all, ends, out=scale, mode="clip")
-            self.model.predict(mat, out)
-            denormalize(out, loc, scale)
-        finally:
-            pool.release(lease)
-
-    def _advance(self, k: int, values: FloatArray, rows: npt.NDArray[np.intp]) -> None:
-        """Consume a symbol's ticks that end no window: tail and statistics only."""
-        with self._series(k, values, rows):
-            pass
-
-    @contextmanager
-    def _series(
-        self, k: int, values: FloatArray, rows: npt.NDArray[np.intp]
-    ) -> Iterator[tuple[FloatArray, FloatArray | None, FloatArray | None]]:
-        """Lease symbol ``k``'s series buffer: its tail, then its new values (gathered from
-        ``values`` at ``rows``: the one copy), normalized in place for running modes.
-
-        Yields ``(series, loc, scale)``, loc/scale per new tick for running modes (else
-        None); on a clean exit the symbol's tail and tick count move forward.
+        series: FloatArray,
+        present: npt.NDArray[np.intp],
+        starts: npt.NDArray[np.int64],
+        n_new: npt.NDArray[np.int64],
+        stats: FloatArray,
+    ) -> list[RunningMoments | RunningRange]:
+        """Running modes: the new values of symbol ``present[i]`` (``n_new[i]`` of them from
+        ``series[starts[i]]``) normalized in place by its running statistics, symbol by symbol
+        (they are each symbol's history). Each new tick's loc and scale go to ``stats`` (symbol
+        order, then as much scratch); returns the symbols' updated statistics as copies: the
+        engine's own move on only once the whole batch is through.
         """
-        w = self.config.window
-        n, t = rows.shape[0], min(int(self._seen[k]), w - 1)
-        tail = self._tails[k]
-        mode = self.config.normalize
-        running = is_running(mode)
-        lease = self.pool.acquire(t + n + (3 * n if running else 0))
-        try:
-            series = lease[: t + n]
-            series[:t] = tail[:t]
-            new = series[t:]
-            np.take(values, rows, out=new, mode="clip")  # in range (see _predict_laid_out)
-            loc_all = scale_all = None
-            if running:
-                loc_all, scale_all, scratch = (
-                    lease[t + n + i * n : t + n + (i + 1) * n] for i in range(3)
-                )
-                if mode == "zscore":
-                    running_zscore(new, self._moments[k], new, loc_all, scale_all, scratch=scratch)
-                else:
-                    running_minmax(new, self._ranges[k], new, loc_all, scale_all, scratch=scratch)
-            yield series, loc_all, scale_all
-            keep = min(w - 1, t + n)
-            tail[:keep] = series[t + n - keep :]
-            self._seen[k] += n
-        finally:
-            self.pool.release(lease)
+        n = int(n_new.sum())
+        loc_all, scale_all, scratch = stats[:n], stats[n : 2 * n], stats[2 * n : 3 * n]
+        zscore = self.config.normalize == "zscore"
+        updated: list[RunningMoments | RunningRange] = []
+        row = 0
+        for k, start, m in zip(present.tolist(), starts.tolist(), n_new.tolist(), strict=True):
+            seg = series[start : start + m]
+            loc, scale, work = (
+                loc_all[row : row + m],
+                scale_all[row : row + m],
+                scratch[row : row + m],
+            )
+            if zscore:
+                moments = RunningMoments.from_tuple(self._moments[k].to_tuple())
+                running_zscore(seg, moments, seg, loc, scale, scratch=work)
+                updated.append(moments)
+            else:
+                span = RunningRange.from_tuple(self._ranges[k].to_tuple())
+                running_minmax(seg, span, seg, loc, scale, scratch=work)
+                updated.append(span)
+            row += m
+        return updated
 
     def _prediction_batch(
         self,
@@ -605,12 +532,6 @@ def _is_identity(table_ids: npt.NDArray[np.int32]) -> bool:
     """True if ``table_ids[i] == i`` for every i (codes are table ids already)."""
     n = table_ids.shape[0]
     return n == 0 or bool((table_ids == np.arange(n, dtype=np.int32)).all())
-
-
-def _end_rows(rows: npt.NDArray[np.intp], g: WindowGeometry, stride: int) -> npt.NDArray[np.intp]:
-    """The batch rows of the ticks that end this batch's windows: a view of ``rows``."""
-    first = g.first_end_pos - g.tail_len
-    return rows[first : first + (g.count - 1) * stride + 1 : stride]
 
 
 def _dead_letters(item: TickBatch, ticks: Ticks, columns: ColumnSpec) -> list[DeadLetter]:

@@ -256,13 +256,14 @@ class FusedKernel:
     def pays_at(self, stride: int) -> bool:
         """Whether this kernel beats the general path at window stride ``stride``.
 
-        A linear kernel computes every start position of the batch and keeps one in
-        ``stride``, while the general path computes only the ``n / stride`` windows, at O(W)
-        each: past some stride the general path is cheaper. Measured on 1 M ticks of 8 symbols
-        (docs/optimizations.md section 15): under ``none`` the general path (a strided view and
-        one GEMV) wins from ``stride`` 8-16; under window z-score from 8 at W=16, 8-16 at W=64
-        and 32 at W=256. ``mean`` and ``last`` kernels won at every stride measured (up to
-        S = W), so they always pay.
+        A linear kernel computes every start position of the batch and keeps one in ``stride``,
+        while the general path computes only the ``n / stride`` windows, at O(W) each: past some
+        stride the general path is cheaper. Measured on 1 M ticks of 8 symbols
+        (docs/optimizations.md section 15, against the general path of then, symbol by symbol with
+        each symbol's windows copied into a matrix and one GEMM: the window matrix of section 19
+        does the same per chunk): under ``none`` the general path wins from ``stride`` 8-16; under
+        window z-score from 8 at W=16, 8-16 at W=64 and 32 at W=256. ``mean`` and ``last`` kernels
+        won at every stride measured (up to S = W), so they always pay.
 
         >>> k = fused_kernel(WindowMean(), window=64, normalize="window-zscore")
         >>> k is not None and k.pays_at(64)

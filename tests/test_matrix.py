@@ -1,8 +1,9 @@
 """The general path, batched: any model gets every symbol's windows in chunks of one matrix.
 
 The predictions must be the plain float64 reference's whatever the batch cuts and however the
-windows fall into chunks (inside one symbol, or across several), and a model must be called
-once per chunk, not once per symbol.
+windows fall into chunks (inside one symbol, or across several), in every mode (running ones
+included); a model must be called once per chunk, not once per symbol; a failing model must
+leave the state as it was and every pooled buffer returned.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_engine import assert_matches_reference, make_model, tick_tables
+from tests.test_engine import MODES, assert_matches_reference, make_model, tick_tables
 from tickpool.operators import matrix
 from tickpool.operators.engine import EngineConfig, WindowPredictor
 from tickpool.operators.items import TickBatch
@@ -25,15 +26,13 @@ from tickpool.operators.matrix import WindowMatrix
 from tickpool.operators.models import Model, WindowMean
 from tickpool.pipeline.pool import BufferPool
 
-WINDOW_MODES = ["none", "window-zscore", "window-minmax", "robust"]
-
 
 def run_batched(
     table: pa.Table, cuts: list[int], cfg: EngineConfig, model: Model, pool: BufferPool
 ) -> list[pa.RecordBatch]:
     """The engine on ``table`` cut at ``cuts``, with the fused kernels off."""
     wp = WindowPredictor(cfg, model, pool, fused=False)
-    assert wp._batched is not None  # the path under test
+    assert not wp.fused  # the window matrix, the path under test
     out = []
     bounds = [0, *sorted(set(cuts)), table.num_rows]
     for i, (a, b) in enumerate(itertools.pairwise(bounds)):
@@ -51,8 +50,8 @@ def run_batched(
     window=st.integers(1, 12),
     stride=st.integers(1, 4),
     horizon=st.integers(1, 3),
-    mode=st.sampled_from(WINDOW_MODES),
-    spec=st.sampled_from(["last", "mean", "linear"]),
+    mode=st.sampled_from(MODES),
+    spec=st.sampled_from(["last", "mean", "linear", "user"]),
     chunk_values=st.integers(1, 60),
     data=st.data(),
 )
@@ -66,19 +65,33 @@ def test_chunked_windows_match_the_plain_reference_whatever_the_cuts(
     chunk_values: int,
     data: st.DataObject,
 ) -> None:
-    if mode == "none" and spec != "linear":
-        spec = "linear"  # "none" batches only models that want their rows copied
     cuts = data.draw(st.lists(st.integers(0, table.num_rows), max_size=12))
     cfg = EngineConfig(window=window, stride=stride, horizon=horizon, normalize=mode)  # type: ignore[arg-type]
-    model = make_model(spec, window, horizon, mode)
+    model = ContiguousMean(horizon) if spec == "user" else make_model(spec, window, horizon, mode)
     pool = BufferPool.for_tier("small")
-    # Chunks of a few windows: most cross from one symbol's windows into the next one's.
+    # Chunks of a few windows: mostly a symbol's own, and in about a third of the examples
+    # also chunks across symbols (gathered).
     with mock.patch.object(matrix, "CHUNK_VALUES", chunk_values):
         batches = run_batched(table, cuts, cfg, model, pool)
     assert_matches_reference(table, batches, cfg, model)
     del batches
     gc.collect()
     assert pool.stats().leased == 0
+
+
+class ContiguousMean:
+    """A user's model that wants rows of its own (the window mean: the reference's "mean")."""
+
+    window = None
+    normalize = None
+    needs_contiguous = True
+
+    def __init__(self, horizon: int = 1) -> None:
+        self.horizon = horizon
+
+    def predict(self, windows: np.ndarray, out: np.ndarray) -> None:
+        assert windows.flags.c_contiguous
+        WindowMean(self.horizon).predict(windows, out)
 
 
 class CountingMean:
@@ -135,7 +148,7 @@ def predict_symbols(pieces: list[np.ndarray], w: int, chunk_windows: int) -> np.
     tail_len = np.zeros(n_sym, dtype=np.intp)
     n_new = np.array([p.shape[0] for p in pieces], dtype=np.intp)
     count = n_new - (w - 1)
-    layout = WindowMatrix(WindowMean(), "robust", window=w).plan(
+    layout = WindowMatrix(WindowMean(), "robust", window=w, copy_rows=True).plan(
         tail_len, n_new, np.zeros(n_sym, dtype=np.intp), count, 1
     )
     series = np.zeros(layout.series_len)
@@ -160,3 +173,78 @@ def test_chunks_of_one_symbol_and_chunks_across_symbols_give_the_same_values() -
     # Robust scaling, the window mean, then back to units: the plain window mean, to rounding.
     plain = [values[i : i + w].mean() for i in range(n - w + 1)]
     np.testing.assert_allclose(one, plain, rtol=1e-12)
+
+
+class FailingMean:
+    """The window mean, until told to fail."""
+
+    horizon = 1
+    window = None
+    normalize = None
+    needs_contiguous = False
+    fail = False
+
+    def predict(self, windows: np.ndarray, out: np.ndarray) -> None:
+        if self.fail:
+            raise RuntimeError("model failed")
+        WindowMean().predict(windows, out)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_failing_model_leaves_the_state_and_the_pool_as_they_were(mode: str) -> None:
+    model = FailingMean()
+    pool = BufferPool.for_tier("medium")
+    cfg = EngineConfig(window=4, stride=2, normalize=mode)  # type: ignore[arg-type]
+    wp = WindowPredictor(cfg, model, pool)
+    wp.process(TickBatch(many_symbols_batch(50, 6), "test", 0))
+    before = wp.snapshot()
+    model.fail = True
+    with pytest.raises(RuntimeError, match="model failed"):
+        wp.process(TickBatch(many_symbols_batch(50, 6, seed=1), "test", 1))
+    gc.collect()
+    assert pool.stats().leased == 0
+    after = wp.snapshot()
+    assert after["states"] == before["states"]  # tails, counts, running statistics
+    # And the stream goes on from there as if the failed batch had not come.
+    model.fail = False
+    again = wp.process(TickBatch(many_symbols_batch(50, 6, seed=1), "test", 1))
+    fresh = WindowPredictor(cfg, FailingMean(), pool)
+    fresh.process(TickBatch(many_symbols_batch(50, 6), "test", 0))
+    expected = fresh.process(TickBatch(many_symbols_batch(50, 6, seed=1), "test", 1))
+    assert again.predictions is not None and expected.predictions is not None
+    assert again.predictions.equals(expected.predictions)
+
+
+class StridesSeen:
+    """The window mean, noting the strides of the windows it is given."""
+
+    horizon = 1
+    window = None
+    normalize = None
+    needs_contiguous = False
+
+    def __init__(self) -> None:
+        self.strides: list[tuple[int, ...]] = []
+
+    def predict(self, windows: np.ndarray, out: np.ndarray) -> None:
+        self.strides.append(windows.strides)
+        WindowMean().predict(windows, out)
+
+
+@pytest.mark.parametrize(
+    ("mode", "stride", "chunk"), [("none", 1, 97), ("none", 3, 81), ("zscore", 2, 81)]
+)
+def test_a_model_that_takes_views_reads_one_symbols_windows_in_place(
+    mode: str, stride: int, chunk: int
+) -> None:
+    # Modes that change no row: each symbol's windows (485 / 162 / 243 of them, in chunks of its
+    # own) reach the model as overlapping rows of the series (strides (8 * S, 8)), not copied
+    # into a matrix (strides (8 * W, 8)).
+    model = StridesSeen()
+    cfg = EngineConfig(window=16, stride=stride, normalize=mode)  # type: ignore[arg-type]
+    wp = WindowPredictor(cfg, model, BufferPool.for_tier("medium"))
+    assert not wp.fused
+    with mock.patch.object(matrix, "CHUNK_VALUES", chunk * 16):
+        wp.process(TickBatch(many_symbols_batch(4, 500), "test", 0))
+    assert len(model.strides) == 4 * ((499 - 15) // stride + 1) // chunk
+    assert set(model.strides) == {(8 * stride, 8)}
