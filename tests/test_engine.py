@@ -41,9 +41,16 @@ def plain_for(model: Model, horizon: int):  # type: ignore[no-untyped-def]
 
 
 def run_engine(
-    table: pa.Table, cuts: list[int], cfg: EngineConfig, model: Model, pool: BufferPool
+    table: pa.Table,
+    cuts: list[int],
+    cfg: EngineConfig,
+    model: Model,
+    pool: BufferPool,
+    *,
+    fused: bool = True,
 ) -> list[pa.RecordBatch]:
-    wp = WindowPredictor(cfg, model, pool)
+    """The engine's prediction batches for ``table`` cut at ``cuts``."""
+    wp = WindowPredictor(cfg, model, pool, fused=fused)
     out = []
     bounds = [0, *sorted(set(cuts)), table.num_rows]
     for i, (a, b) in enumerate(itertools.pairwise(bounds)):

@@ -9,7 +9,6 @@ leave the state as it was and every pooled buffer returned.
 from __future__ import annotations
 
 import gc
-import itertools
 from unittest import mock
 
 import numpy as np
@@ -18,30 +17,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_engine import MODES, assert_matches_reference, make_model, tick_tables
+from tests.test_engine import (
+    MODES,
+    assert_matches_reference,
+    make_model,
+    run_engine,
+    tick_tables,
+)
 from tickpool.operators import matrix
 from tickpool.operators.engine import EngineConfig, WindowPredictor
 from tickpool.operators.items import TickBatch
 from tickpool.operators.matrix import WindowMatrix
-from tickpool.operators.models import Model, WindowMean
+from tickpool.operators.models import WindowMean
 from tickpool.pipeline.pool import BufferPool
-
-
-def run_batched(
-    table: pa.Table, cuts: list[int], cfg: EngineConfig, model: Model, pool: BufferPool
-) -> list[pa.RecordBatch]:
-    """The engine on ``table`` cut at ``cuts``, with the fused kernels off."""
-    wp = WindowPredictor(cfg, model, pool, fused=False)
-    assert not wp.fused  # the window matrix, the path under test
-    out = []
-    bounds = [0, *sorted(set(cuts)), table.num_rows]
-    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
-        if b > a:
-            batch = table.slice(a, b - a).combine_chunks().to_batches()[0]
-            r = wp.process(TickBatch(batch, "test", i))
-            if r.predictions is not None:
-                out.append(r.predictions)
-    return out
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -72,7 +60,7 @@ def test_chunked_windows_match_the_plain_reference_whatever_the_cuts(
     # Chunks of a few windows: mostly a symbol's own, and in about a third of the examples
     # also chunks across symbols (gathered).
     with mock.patch.object(matrix, "CHUNK_VALUES", chunk_values):
-        batches = run_batched(table, cuts, cfg, model, pool)
+        batches = run_engine(table, cuts, cfg, model, pool, fused=False)  # the window matrix
     assert_matches_reference(table, batches, cfg, model)
     del batches
     gc.collect()
