@@ -179,11 +179,11 @@ class WindowPredictor:
         self._dictionary: list[str] | None = None  # the last batch's symbol dictionary
         self._dictionary_ids = np.zeros(0, dtype=np.int32)  # its entries' ids in self.symbols
         self._schema = prediction_schema(config.horizon)
-        self._fused: KernelSet | None = None
+        kernels: KernelSet | None = None
         if fused:
             kernel = fused_kernel(model, window=config.window, normalize=config.normalize)
             if kernel is not None and kernel.pays_at(config.stride):
-                self._fused = KernelSet(kernel, model)
+                kernels = KernelSet(kernel, model)
         # Any other model or mode: every symbol's windows in chunks of one matrix, one model call
         # per chunk. Rows are copied even within one symbol where a per-window mode normalizes
         # them in place, or the model wants rows of its own (BLAS, for the linear ones).
@@ -193,8 +193,8 @@ class WindowPredictor:
             or isinstance(model, LinearModel | Ensemble)
         )
         self._planner: KernelSet | WindowMatrix = (
-            self._fused
-            if self._fused is not None
+            kernels
+            if kernels is not None
             else WindowMatrix(model, config.normalize, config.window, copy_rows=copy_rows)
         )
         self.rows = 0
@@ -257,7 +257,7 @@ class WindowPredictor:
     @property
     def fused(self) -> bool:
         """True if batches take the fused kernel path (see :mod:`~tickpool.operators.fused`)."""
-        return self._fused is not None
+        return isinstance(self._planner, KernelSet)
 
     def _predict_laid_out(
         self, planner: KernelSet | WindowMatrix, ticks: Ticks, groups: SymbolGroups
@@ -349,11 +349,12 @@ class WindowPredictor:
                 tail_from = layout.bases + np.maximum(lengths - (w - 1), 0)
                 self._tails[present] = sliding_window_view(series, w - 1)[tail_from]
             self._seen[present] += n_new
-            for k, state in zip(present.tolist(), updated, strict=False):
-                if isinstance(state, RunningMoments):
-                    self._moments[k] = state
-                else:
-                    self._ranges[k] = state
+            if updated:  # running modes: one state per present symbol
+                for k, state in zip(present.tolist(), updated, strict=True):
+                    if isinstance(state, RunningMoments):
+                        self._moments[k] = state
+                    else:
+                        self._ranges[k] = state
         except BaseException:
             for lease in (out_lease, ts_lease):
                 if lease is not None:

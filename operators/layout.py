@@ -41,6 +41,7 @@ __all__ = [
     "dense_layout",
     "fill_packed",
     "fill_series",
+    "packed_bases",
     "packed_layout",
 ]
 
@@ -212,18 +213,30 @@ def packed_layout(
     row (its values are still laid out: its tail moves on from them).
     """
     block, w = kernel.block, kernel.window
-    lengths = tail_len + n_new
-    bases = np.cumsum(lengths) - lengths
+    bases, needed = packed_bases(tail_len + n_new, w)
     live = count > 0
     n_rows = -(-((count[live] - 1) * stride + 1) // block)
     row_firsts = np.cumsum(n_rows) - n_rows
     rows = StartRuns((bases + first)[live], n_rows, block).indices()
     starts = StartRuns(row_firsts * block, count[live], stride)
-    # The series holds what the rows read, and W - 1 values from each base (a symbol short of
-    # W - 1 values reads its new tail from there: the padding stays past its tail length).
+    # The series also holds what the rows read.
     reads = int(rows[-1]) + block + w - 1 if rows.shape[0] else 0
-    series_len = max(int(lengths.sum()), reads, int(bases[-1]) + w - 1 if bases.shape[0] else 0)
-    return Layout(kernel, bases, int(n_rows.sum()), rows, starts, series_len)
+    return Layout(kernel, bases, int(n_rows.sum()), rows, starts, max(needed, reads))
+
+
+def packed_bases(lengths: IntArray, window: int) -> tuple[IntArray, int]:
+    """Each symbol's first value when symbols of ``lengths`` values are laid back to back, and
+    the values the series must hold: all of theirs, and W - 1 from each base, where the tails
+    move on from (a symbol short of W - 1 values reads its new tail there: the padding stays
+    past its tail length).
+
+    >>> bases, needed = packed_bases(np.array([5, 2]), 4)
+    >>> bases.tolist(), needed
+    ([0, 5], 8)
+    """
+    bases = np.cumsum(lengths) - lengths
+    tail_reads = int(bases[-1]) + window - 1 if bases.shape[0] else 0
+    return bases, max(int(lengths.sum()), tail_reads)
 
 
 def _row_cost(k: FusedKernel) -> float:

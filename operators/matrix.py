@@ -40,7 +40,7 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from tickpool.operators.fused import StartRuns
-from tickpool.operators.layout import fill_packed
+from tickpool.operators.layout import fill_packed, packed_bases
 from tickpool.operators.models import Model
 from tickpool.operators.normalize import (
     NormalizeMode,
@@ -193,12 +193,8 @@ class WindowMatrix:
         """The layout of symbols with these tails and new values (arguments as
         `~tickpool.operators.layout.KernelSet.plan`'s)."""
         w = self.window
-        lengths = tail_len + n_new
-        bases = np.cumsum(lengths) - lengths
+        bases, needed = packed_bases(tail_len + n_new, w)
         live = count > 0
         starts = StartRuns((bases + first)[live], count[live], stride)
-        # The tails move on from each base's last W - 1 values: a symbol short of them reads
-        # its padding past its own values.
-        tail_reads = int(bases[-1]) + w - 1 if bases.shape[0] else 0
-        series_len = max(int(lengths.sum()), tail_reads, 1)
+        series_len = max(needed, 1)  # a lease of at least one value
         return MatrixLayout(self.model, self.mode, w, self.copy_rows, bases, starts, series_len)
