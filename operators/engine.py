@@ -9,8 +9,9 @@ turns each :class:`~tickpool.operators.items.TickBatch` into one prediction
    rows with a null or non-finite value become dead letters, not NaN predictions;
 2. group the rows by symbol inside numpy (one stable radix argsort of symbol ids);
 3. lay every symbol's ``tail + new values`` out in one pooled series buffer (the one
-   copy on the hot path); running modes (``zscore``, ``minmax``) normalize each symbol's new
-   values there in place, symbol by symbol (their statistics are each symbol's history);
+   copy on the hot path); running modes (``zscore``, ``minmax``) first normalize the new
+   values in place, each symbol by its own running statistics, all symbols in one kernel call
+   (:func:`~tickpool.operators.normalize.running_zscore_runs`);
 4. predict every window of the batch at once:
    - the built-in models under ``window-zscore`` (and ``linear`` under ``none``), at
      strides where it pays: one call of a fused kernel (:mod:`~tickpool.operators.fused`):
@@ -51,13 +52,11 @@ from tickpool.operators.matrix import MatrixLayout, WindowMatrix
 from tickpool.operators.models import Ensemble, LinearModel, Model, check_compatible
 from tickpool.operators.normalize import (
     NormalizeMode,
-    RunningMoments,
-    RunningRange,
     is_running,
     is_windowed,
     parse_mode,
-    running_minmax,
-    running_zscore,
+    running_minmax_runs,
+    running_zscore_runs,
 )
 from tickpool.operators.symbol_column import SymbolNames
 from tickpool.operators.symbols import SymbolGroups, SymbolTable, group_by_symbol
@@ -173,8 +172,9 @@ class WindowPredictor:
         # of symbols reads and moves its state with a few array operations.
         self._seen: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._tails: FloatArray = np.zeros((0, max(config.window - 1, 0)))
-        self._moments: list[RunningMoments] = []  # per symbol under normalize "zscore"
-        self._ranges: list[RunningRange] = []  # per symbol under normalize "minmax"
+        # Running modes: (mean, M2) of every value seen under "zscore", (min, max) under "minmax"
+        # (their counts are ``_seen``).
+        self._running: FloatArray = np.zeros((0, 2))
         self._names = SymbolNames()  # each symbol id's name, for the symbol column
         self._dictionary: list[str] | None = None  # the last batch's symbol dictionary
         self._dictionary_ids = np.zeros(0, dtype=np.int32)  # its entries' ids in self.symbols
@@ -266,8 +266,8 @@ class WindowPredictor:
         tail + new values, then the tails move forward. The fused kernel lays it out dense or
         packed, whichever costs less for this batch (`~tickpool.operators.layout`), and makes
         one call; any other model gets the windows in chunks of one matrix
-        (`~tickpool.operators.matrix`), one call per chunk. Running modes first normalize each
-        symbol's new values in the series (`_normalize_running`: a step per symbol).
+        (`~tickpool.operators.matrix`), one call per chunk. Running modes first normalize the
+        new values (`_normalize_running`: one kernel call, with a ``cumsum`` per symbol inside).
 
         Nothing here costs a Python step per symbol once a batch holds more than
         `~tickpool.operators.fused.SLICE_RUNS_MAX` of them: the state is read and written as
@@ -297,12 +297,13 @@ class WindowPredictor:
         n_sym = present.shape[0]
         tail_lease = pool.acquire(max(n_sym * (w - 1), 1))  # these symbols' tails
         tail_rows = tail_lease[: n_sym * (w - 1)].reshape(n_sym, w - 1)
-        # Running modes: loc, scale and scratch per new tick, then loc and scale per window.
+        # Running modes: loc, scale and twice as much scratch per new tick, then loc and scale
+        # per window.
         running = is_running(cfg.normalize)
-        stats = pool.acquire(3 * n_rows + 2 * total) if running else None
+        stats = pool.acquire(4 * n_rows + 2 * total) if running else None
         live = count > 0
         result = None
-        updated: list[RunningMoments | RunningRange] = []
+        updated: FloatArray | None = None
         try:
             values = gathered[:n_rows]
             # Every index here comes from the batch's own grouping, so it is in range, and
@@ -311,10 +312,9 @@ class WindowPredictor:
             # values, docs/optimizations.md section 17).
             np.take(ticks.values, rows, out=values, mode="clip")
             np.take(self._tails, present, axis=0, out=tail_rows, mode="clip")
-            layout.fill(series, tail_rows, tail_len, values, n_new)
             if stats is not None:
-                starts = layout.bases + tail_len
-                updated = self._normalize_running(series, present, starts, n_new, stats)
+                updated = self._normalize_running(values, present, seen, n_new, stats)
+            layout.fill(series, tail_rows, tail_len, values, n_new)
             if ts_lease is not None and out_lease is not None and scratch is not None:
                 ts_out = ts_lease.view(np.int64)
                 # Each window's last tick, in symbol order: runs over the new ticks (all of
@@ -332,7 +332,7 @@ class WindowPredictor:
                 if stats is not None and isinstance(layout, MatrixLayout):
                     loc, scale = stats[:n_rows], stats[n_rows : 2 * n_rows]
                     if ends is not None:
-                        per_window = stats[3 * n_rows :]
+                        per_window = stats[4 * n_rows :]
                         ends.take(loc, per_window[:total])
                         ends.take(scale, per_window[total:])
                         loc, scale = per_window[:total], per_window[total:]
@@ -349,12 +349,8 @@ class WindowPredictor:
                 tail_from = layout.bases + np.maximum(lengths - (w - 1), 0)
                 self._tails[present] = sliding_window_view(series, w - 1)[tail_from]
             self._seen[present] += n_new
-            if updated:  # running modes: one state per present symbol
-                for k, state in zip(present.tolist(), updated, strict=True):
-                    if isinstance(state, RunningMoments):
-                        self._moments[k] = state
-                    else:
-                        self._ranges[k] = state
+            if updated is not None:
+                self._running[present] = updated
         except BaseException:
             for lease in (out_lease, ts_lease):
                 if lease is not None:
@@ -368,40 +364,26 @@ class WindowPredictor:
 
     def _normalize_running(
         self,
-        series: FloatArray,
+        values: FloatArray,
         present: npt.NDArray[np.intp],
-        starts: npt.NDArray[np.int64],
+        seen: npt.NDArray[np.int64],
         n_new: npt.NDArray[np.int64],
         stats: FloatArray,
-    ) -> list[RunningMoments | RunningRange]:
-        """Running modes: the new values of symbol ``present[i]`` (``n_new[i]`` of them from
-        ``series[starts[i]]``) normalized in place by its running statistics, symbol by symbol
-        (they are each symbol's history). Each new tick's loc and scale go to ``stats`` (symbol
-        order, then as much scratch); returns the symbols' updated statistics as copies: the
-        engine's own move on only once the whole batch is through.
+    ) -> FloatArray:
+        """Running modes: the batch's new values (symbol order: ``n_new[i]`` of symbol
+        ``present[i]``, which has seen ``seen[i]``) normalized in place by each symbol's running
+        statistics, all symbols in one kernel call. Each new tick's loc and scale go to ``stats``
+        (then scratch); returns the symbols' updated statistics as a copy: the engine's own move
+        on only once the whole batch is through.
         """
-        n = int(n_new.sum())
-        loc_all, scale_all, scratch = stats[:n], stats[n : 2 * n], stats[2 * n : 3 * n]
-        zscore = self.config.normalize == "zscore"
-        updated: list[RunningMoments | RunningRange] = []
-        row = 0
-        for k, start, m in zip(present.tolist(), starts.tolist(), n_new.tolist(), strict=True):
-            seg = series[start : start + m]
-            loc, scale, work = (
-                loc_all[row : row + m],
-                scale_all[row : row + m],
-                scratch[row : row + m],
-            )
-            if zscore:
-                moments = RunningMoments.from_tuple(self._moments[k].to_tuple())
-                running_zscore(seg, moments, seg, loc, scale, scratch=work)
-                updated.append(moments)
-            else:
-                span = RunningRange.from_tuple(self._ranges[k].to_tuple())
-                running_minmax(seg, span, seg, loc, scale, scratch=work)
-                updated.append(span)
-            row += m
-        return updated
+        n = values.shape[0]
+        loc, scale, scratch = stats[:n], stats[n : 2 * n], stats[2 * n : 4 * n]
+        state = self._running[present]  # a copy
+        if self.config.normalize == "zscore":
+            running_zscore_runs(values, n_new, seen, state, values, loc, scale, scratch=scratch)
+        else:
+            running_minmax_runs(values, n_new, state, values, loc, scale, scratch=scratch)
+        return state
 
     def _prediction_batch(
         self,
@@ -447,13 +429,14 @@ class WindowPredictor:
             old = self._seen.shape[0]
             seen = np.zeros(capacity, dtype=np.int64)
             tails = np.zeros((capacity, self._tails.shape[1]))
+            # A new symbol's running statistics: mean and M2 0, or min inf and max -inf.
+            running = np.zeros((capacity if is_running(mode) else 0, 2))
+            if mode == "minmax":
+                running[:] = (np.inf, -np.inf)
             seen[:old] = self._seen
             tails[:old] = self._tails
-            self._seen, self._tails = seen, tails
-        if mode == "zscore":
-            self._moments.extend(RunningMoments() for _ in range(n - len(self._moments)))
-        elif mode == "minmax":
-            self._ranges.extend(RunningRange() for _ in range(n - len(self._ranges)))
+            running[: self._running.shape[0]] = self._running
+            self._seen, self._tails, self._running = seen, tails, running
 
     def snapshot(self) -> dict[str, Any]:
         """A picklable, immutable copy of every symbol's state and the counters."""
@@ -468,8 +451,8 @@ class WindowPredictor:
                 (
                     seen,
                     self._tails[k, : min(seen, cfg.window - 1)].tobytes(),
-                    self._moments[k].to_tuple() if self._moments else None,
-                    self._ranges[k].to_tuple() if self._ranges else None,
+                    (seen, *self._running[k].tolist()) if cfg.normalize == "zscore" else None,
+                    (seen, *self._running[k].tolist()) if cfg.normalize == "minmax" else None,
                 )
                 for k, seen in enumerate(self._seen[: len(self.symbols)].tolist())
             ],
@@ -518,12 +501,17 @@ class WindowPredictor:
                         f"{'missing' if stats is None else 'present'} under normalize "
                         f"{cfg.normalize!r}: start with a fresh recovery directory"
                     )
+                if stats is not None and stats[0] != seen:
+                    raise ValueError(
+                        f"recovery state of symbol {name!r} has {stats[0]} values in its {what} "
+                        f"and {seen} ticks seen; expected the same count: start with a fresh "
+                        "recovery directory"
+                    )
             self._seen[k] = seen
             self._tails[k, :n_tail] = np.frombuffer(tail, dtype=np.float64)
-            if moments is not None:
-                self._moments[k] = RunningMoments.from_tuple(moments)
-            if rng is not None:
-                self._ranges[k] = RunningRange.from_tuple(rng)
+            running = moments if moments is not None else rng
+            if running is not None:
+                self._running[k] = running[1:]
         (self.rows, self.processed, self.dead_rows, self.predictions, self.batches) = snap[
             "counters"
         ]

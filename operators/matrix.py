@@ -14,9 +14,10 @@ most `CHUNK_VALUES` values: one normalization pass and one model call per chunk,
 number of symbols. A symbol with at least half a chunk of windows gets chunks of its own, each a
 strided view of the series (copied only for a per-window mode or a model that wants rows of its
 own); runs of symbols with fewer share chunks up to the next such symbol, gathered by index (a
-few times the cost per value, but no step per symbol). Running modes normalize the series before
-(the engine does, symbol by symbol: their statistics are each symbol's history) and hand over
-each window's statistics to map the predictions back.
+few times the cost per value, but no step per symbol). Running modes normalize the new values
+before (the engine does, each symbol by its own history, in one call of
+`~tickpool.operators.normalize.running_zscore_runs` or its min-max twin) and hand over each
+window's statistics to map the predictions back.
 
 >>> from tickpool.operators.models import WindowMean
 >>> plan = WindowMatrix(WindowMean(), "none", window=3, copy_rows=False).plan(

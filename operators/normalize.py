@@ -48,7 +48,9 @@ __all__ = [
     "quantile_position",
     "robust_inplace",
     "running_minmax",
+    "running_minmax_runs",
     "running_zscore",
+    "running_zscore_runs",
     "window_minmax",
     "window_normalize",
     "window_robust",
@@ -58,6 +60,7 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 CONST_RTOL: Final = 1e-12
 """A z-score scale ``<= CONST_RTOL * |loc|`` counts as constant input and becomes exactly 0.0."""
@@ -331,6 +334,7 @@ def running_zscore(
     ``out`` may be ``x`` itself (in place); ``loc_out`` and ``scale_out`` must not alias ``x``.
     ``scratch`` needs ``len(x)`` float64 elements; without it one temporary of that size is
     allocated. Raises ValueError, leaving ``state`` unchanged, if ``x`` holds NaN or inf.
+    `running_zscore_runs` does the same for many series at once.
 
     >>> x = np.array([1.0, 3.0, 5.0, 7.0])
     >>> s = RunningMoments()
@@ -343,43 +347,11 @@ def running_zscore(
     ([0.0, 1.0, 1.224745, 1.341641], (4, 4.0, 20.0))
     """
     m = x.shape[0]
-    _check_rows(loc_out, scale_out, m)
-    if out.shape != (m,):
-        raise ValueError(f"out must have shape ({m},), got {out.shape}")
-    if m == 0:
-        return
-    s = _scratch(scratch, m)
-    n0, mean0, m2_0 = state.n, state.mean, state.m2
-    # With ref = mean0 the old values add 0 to sum(d) and exactly M2_0 to sum(d*d).
-    ref = mean0 if n0 > 0 else float(x[0])
-    np.subtract(x, ref, out=loc_out)
-    np.multiply(loc_out, loc_out, out=scale_out)
-    np.cumsum(loc_out, out=loc_out)  # c1_i
-    np.cumsum(scale_out, out=scale_out)  # c2_i
-    c1, c2 = float(loc_out[-1]), float(scale_out[-1])
-    n = n0 + m
-    new_mean = ref + c1 / n
-    new_m2 = max(m2_0 + c2 - c1 * c1 / n, 0.0)
-    if not (math.isfinite(new_mean) and math.isfinite(new_m2)):
-        raise ValueError(
-            f"running_zscore: x ({m} values) holds NaN or inf; drop non-finite ticks first "
-            "(the running state is left as it was)"
-        )
-    s.fill(1.0)
-    np.cumsum(s, out=s)
-    np.add(s, n0, out=s)  # N_i = n0 + i + 1
-    np.divide(loc_out, s, out=loc_out)  # mean_i - ref
-    np.add(scale_out, m2_0, out=scale_out)
-    np.divide(scale_out, s, out=scale_out)  # (M2_0 + c2_i) / N_i
-    np.multiply(loc_out, loc_out, out=s)
-    np.subtract(scale_out, s, out=scale_out)  # var_i = M2_i / N_i
-    np.maximum(scale_out, 0.0, out=scale_out)
-    np.sqrt(scale_out, out=scale_out)
-    np.add(loc_out, ref, out=loc_out)
-    np.subtract(x, loc_out, out=out)
-    _zscore_keep(loc_out, scale_out, s)
-    _divide_kept(out, scale_out, s)
-    state.n, state.mean, state.m2 = n, new_mean, new_m2
+    stats = np.array([[state.mean, state.m2]])
+    running_zscore_runs(
+        x, _one_run(m), np.array([state.n]), stats, out, loc_out, scale_out, scratch=scratch
+    )
+    state.n, state.mean, state.m2 = state.n + m, float(stats[0, 0]), float(stats[0, 1])
 
 
 def running_minmax(
@@ -397,7 +369,7 @@ def running_minmax(
     maximum minus that minimum, ``out[i] = (x[i] - loc) / scale`` (0.0 while the range is 0).
     Exact whatever the batch cuts. ``out`` may be ``x``; ``scratch`` needs ``len(x)`` float64
     elements (a temporary is allocated without it). Raises ValueError, leaving ``state``
-    unchanged, if ``x`` holds NaN.
+    unchanged, if ``x`` holds NaN. `running_minmax_runs` does the same for many series at once.
 
     >>> s = RunningRange()
     >>> x = np.array([5.0, 5.0, 4.0, 6.0])
@@ -407,28 +379,230 @@ def running_minmax(
     ([0.0, 0.0, 0.0, 1.0], [5.0, 5.0, 4.0, 4.0], [0.0, 0.0, 1.0, 2.0])
     """
     m = x.shape[0]
-    _check_rows(loc_out, scale_out, m)
-    if out.shape != (m,):
-        raise ValueError(f"out must have shape ({m},), got {out.shape}")
-    if m == 0:
+    stats = np.array([[state.lo, state.hi]])
+    running_minmax_runs(x, _one_run(m), stats, out, loc_out, scale_out, scratch=scratch)
+    state.n, state.lo, state.hi = state.n + m, float(stats[0, 0]), float(stats[0, 1])
+
+
+def running_zscore_runs(
+    x: FloatArray,
+    lengths: IntArray,
+    seen: IntArray,
+    state: FloatArray,
+    out: FloatArray,
+    loc_out: FloatArray,
+    scale_out: FloatArray,
+    *,
+    scratch: FloatArray | None = None,
+) -> None:
+    """`running_zscore` of many series at once, each one's new values a run of ``x``.
+
+    Run k is the next ``lengths[k]`` values of a series that has seen ``seen[k]`` values with mean
+    ``state[k, 0]`` and M2 ``state[k, 1]``; the runs lie back to back in ``x``. ``state`` moves
+    on in place (the caller adds ``lengths`` to its counts). Each run gets exactly the values
+    `running_zscore` gives it alone, bit for bit, from a fixed number of passes over ``x`` plus
+    two ``cumsum`` calls per run: about 2 us per run instead of 25 for a call per series, which
+    is what a batch of thousands of symbols needs.
+
+    The prefix sums restart at every run, each from its own ``ref``: one sum carried across
+    series at different price levels would lose the smaller ones' digits. ``scratch`` needs
+    ``len(x)`` float64 elements for one run and ``2 * len(x)`` for more (the second half holds
+    each value's run number); without it a temporary is allocated. Raises ValueError, leaving
+    ``state`` unchanged, if a run holds NaN or inf.
+
+    >>> x = np.array([3.0, 5.0, 7.0, 10.0, 20.0])  # series A goes on from [1.0], B is new
+    >>> seen, state = np.array([1, 0]), np.array([[1.0, 0.0], [0.0, 0.0]])
+    >>> out, loc, scale = np.empty(5), np.empty(5), np.empty(5)
+    >>> running_zscore_runs(x, np.array([3, 2]), seen, state, out, loc, scale)
+    >>> loc.tolist(), scale.round(6).tolist()
+    ([2.0, 3.0, 4.0, 10.0, 15.0], [1.0, 1.632993, 2.236068, 0.0, 5.0])
+    >>> state.tolist()
+    [[4.0, 20.0], [15.0, 50.0]]
+    """
+    runs = _Runs.check(x, lengths, state, out, loc_out, scale_out, seen=seen)
+    if runs.size == 0:
         return
-    s = _scratch(scratch, m)
-    np.minimum.accumulate(x, out=loc_out)
-    np.maximum.accumulate(x, out=scale_out)
-    if state.n > 0:
-        np.minimum(loc_out, state.lo, out=loc_out)
-        np.maximum(scale_out, state.hi, out=scale_out)
-    lo, hi = float(loc_out[-1]), float(scale_out[-1])
-    if math.isnan(lo) or math.isnan(hi):
-        raise ValueError(
-            f"running_minmax: x ({m} values) holds NaN; drop non-finite ticks first "
-            "(the running state is left as it was)"
-        )
+    s, index = runs.scratch(scratch)
+    n0 = seen.astype(np.float64)
+    # ref: the mean so far, or a new series' first value. The old values then add 0 to sum(d)
+    # and exactly M2_0 to sum(d * d).
+    ref = np.where(n0 > 0, state[:, 0], x[runs.first])
+    runs.spread(ref, index, s)
+    np.subtract(x, s, out=loc_out)
+    np.multiply(loc_out, loc_out, out=scale_out)
+    runs.scan((np.add, loc_out), (np.add, scale_out))  # c1_i, c2_i
+    c1, c2 = runs.lasts(loc_out, 0.0), runs.lasts(scale_out, 0.0)
+    n = np.maximum(n0 + lengths, 1.0)
+    mean = ref + c1 / n
+    m2 = np.maximum(state[:, 1] + c2 - c1 * c1 / n, 0.0)
+    bad = runs.live & ~(np.isfinite(mean) & np.isfinite(m2))
+    if bad.any():
+        raise ValueError(runs.refusal("running_zscore", bad, "NaN or inf"))
+    runs.spread(state[:, 1], index, s)
+    np.add(scale_out, s, out=scale_out)  # M2_0 + c2_i
+    runs.counts(n0, s)  # N_i = n0 + i + 1
+    np.divide(loc_out, s, out=loc_out)  # mean_i - ref
+    np.divide(scale_out, s, out=scale_out)  # (M2_0 + c2_i) / N_i
+    np.multiply(loc_out, loc_out, out=s)
+    np.subtract(scale_out, s, out=scale_out)  # var_i = M2_i / N_i
+    np.maximum(scale_out, 0.0, out=scale_out)
+    np.sqrt(scale_out, out=scale_out)
+    runs.spread(ref, index, s)
+    np.add(loc_out, s, out=loc_out)
+    np.subtract(x, loc_out, out=out)
+    _zscore_keep(loc_out, scale_out, s)
+    _divide_kept(out, scale_out, s)
+    state[:, 0] = np.where(runs.live, mean, state[:, 0])
+    state[:, 1] = np.where(runs.live, m2, state[:, 1])
+
+
+def running_minmax_runs(
+    x: FloatArray,
+    lengths: IntArray,
+    state: FloatArray,
+    out: FloatArray,
+    loc_out: FloatArray,
+    scale_out: FloatArray,
+    *,
+    scratch: FloatArray | None = None,
+) -> None:
+    """`running_minmax` of many series at once, each one's new values a run of ``x``.
+
+    Run k is the next ``lengths[k]`` values of a series whose minimum and maximum so far are
+    ``state[k, 0]`` and ``state[k, 1]`` (``inf`` and ``-inf`` for a new one); ``state`` moves on
+    in place. Exact, whatever the cuts; ``scratch`` as in `running_zscore_runs`. Raises
+    ValueError, leaving ``state`` unchanged, if a run holds NaN.
+
+    >>> x = np.array([3.0, 0.0, 10.0, 20.0])  # series A goes on from [1.0, 2.0], B is new
+    >>> state = np.array([[1.0, 2.0], [np.inf, -np.inf]])
+    >>> out, loc, scale = np.empty(4), np.empty(4), np.empty(4)
+    >>> running_minmax_runs(x, np.array([2, 2]), state, out, loc, scale)
+    >>> out.tolist(), loc.tolist(), scale.tolist()
+    ([1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 10.0, 10.0], [2.0, 3.0, 0.0, 10.0])
+    >>> state.tolist()
+    [[0.0, 3.0], [10.0, 20.0]]
+    """
+    runs = _Runs.check(x, lengths, state, out, loc_out, scale_out)
+    if runs.size == 0:
+        return
+    s, index = runs.scratch(scratch)
+    np.copyto(loc_out, x)
+    np.copyto(scale_out, x)
+    runs.scan((np.minimum, loc_out), (np.maximum, scale_out))
+    runs.spread(state[:, 0], index, s)
+    np.minimum(loc_out, s, out=loc_out)
+    runs.spread(state[:, 1], index, s)
+    np.maximum(scale_out, s, out=scale_out)
+    lo, hi = runs.lasts(loc_out, np.inf), runs.lasts(scale_out, -np.inf)
+    bad = runs.live & (np.isnan(lo) | np.isnan(hi))
+    if bad.any():
+        raise ValueError(runs.refusal("running_minmax", bad, "NaN"))
     np.subtract(scale_out, loc_out, out=scale_out)
     np.subtract(x, loc_out, out=out)
     np.greater(scale_out, 0.0, out=s)
     _divide_kept(out, scale_out, s)
-    state.n, state.lo, state.hi = state.n + m, lo, hi
+    state[:, 0] = np.where(runs.live, lo, state[:, 0])
+    state[:, 1] = np.where(runs.live, hi, state[:, 1])
+
+
+def _one_run(m: int) -> IntArray:
+    return np.array([m], dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class _Runs:
+    """Where the runs of a `running_*_runs` call lie in ``x``, and the steps they share."""
+
+    size: int  # len(x)
+    starts: IntArray  # of every run, empty ones included
+    lengths: IntArray
+    live: npt.NDArray[np.bool_]  # the runs with at least one value
+
+    @classmethod
+    def check(
+        cls,
+        x: FloatArray,
+        lengths: IntArray,
+        state: FloatArray,
+        out: FloatArray,
+        loc_out: FloatArray,
+        scale_out: FloatArray,
+        *,
+        seen: IntArray | None = None,
+    ) -> _Runs:
+        m = x.shape[0]
+        _check_rows(loc_out, scale_out, m)
+        if out.shape != (m,):
+            raise ValueError(f"out must have shape ({m},), got {out.shape}")
+        k = lengths.shape[0]
+        if lengths.ndim != 1 or (k and int(lengths.min()) < 0) or int(lengths.sum()) != m:
+            raise ValueError(
+                f"lengths must be 1-D, non-negative and add up to len(x) = {m}, got "
+                f"{lengths.tolist() if k <= 8 else f'{k} lengths adding up to {lengths.sum()}'}"
+            )
+        if state.shape != (k, 2) or (seen is not None and seen.shape != (k,)):
+            got = f"{state.shape}" + ("" if seen is None else f" and seen {seen.shape}")
+            raise ValueError(f"state must have shape ({k}, 2) for {k} runs, got {got}")
+        ends = np.cumsum(lengths)
+        return cls(m, ends - lengths, lengths, lengths > 0)
+
+    @property
+    def first(self) -> IntArray:
+        """Each run's first index (clipped into ``x`` for empty runs, whose values are unused)."""
+        return np.minimum(self.starts, self.size - 1)
+
+    def scratch(self, scratch: FloatArray | None) -> tuple[FloatArray, IntArray | None]:
+        """A float64 temporary of ``len(x)`` and, for several runs, each value's run number."""
+        several = self.lengths.shape[0] > 1
+        work = _scratch(scratch, self.size * (2 if several else 1))
+        if not several:
+            return work[: self.size], None
+        index = work[self.size :].view(np.int64)
+        index.fill(0)
+        live = np.flatnonzero(self.live)
+        index[self.starts[live[1:]]] = np.diff(live)
+        index[0] = live[0]
+        np.cumsum(index, out=index)
+        return work[: self.size], index
+
+    def spread(self, values: FloatArray, index: IntArray | None, out: FloatArray) -> None:
+        """``out[i] = values[run of i]``."""
+        if index is None:
+            out.fill(values[0])
+        else:
+            np.take(values, index, out=out, mode="clip")
+
+    def counts(self, n0: FloatArray, out: FloatArray) -> None:
+        """``out[i]``: how many values the series of value i has seen up to it (exact: the
+        partial sums are integers)."""
+        out.fill(1.0)
+        live = np.flatnonzero(self.live)
+        firsts = n0[live] + 1.0
+        firsts[1:] -= (n0 + self.lengths)[live[:-1]]
+        out[self.starts[live]] = firsts
+        np.cumsum(out, out=out)
+
+    def scan(self, *steps: tuple[np.ufunc, FloatArray]) -> None:
+        """Each run of each array replaced by its ``ufunc.accumulate``: prefixes restart at
+        every run. A Python step per run (about 1 us per array)."""
+        for a, b in zip(self.starts.tolist(), (self.starts + self.lengths).tolist(), strict=True):
+            if b > a:
+                for ufunc, arr in steps:
+                    part = arr[a:b]
+                    ufunc.accumulate(part, out=part)
+
+    def lasts(self, arr: FloatArray, empty: float) -> FloatArray:
+        """Each run's last value of ``arr``, ``empty`` for empty runs."""
+        ends = np.maximum(self.starts + self.lengths - 1, 0)
+        return np.where(self.live, arr[ends], empty)
+
+    def refusal(self, kernel: str, bad: npt.NDArray[np.bool_], what: str) -> str:
+        k = int(np.flatnonzero(bad)[0])
+        where = "x" if self.lengths.shape[0] == 1 else f"run {k} of x (from index {self.starts[k]})"
+        return (
+            f"{kernel}: {where} ({self.lengths[k]} values) holds {what}; drop non-finite ticks "
+            "first (the running state is left as it was)"
+        )
 
 
 # --------------------------------------------------------------------------------------------

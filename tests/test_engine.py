@@ -214,11 +214,12 @@ def test_batch_with_a_wrong_column_type_is_dead_lettered_or_raises_by_policy() -
         strict.process(TickBatch(batch, "bad.arrow", 0))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
+@pytest.mark.parametrize("mode", ["zscore", "minmax"])
 @given(table=tick_tables())
-def test_snapshot_resume_continues_exactly(table: pa.Table) -> None:
-    cfg = EngineConfig(window=5, stride=2, normalize="zscore")
-    model = make_model("linear", 5, 1, "zscore")
+def test_snapshot_resume_continues_exactly(mode: str, table: pa.Table) -> None:
+    cfg = EngineConfig(window=5, stride=2, normalize=mode)  # type: ignore[arg-type]
+    model = make_model("linear", 5, 1, mode)
     pool = BufferPool()
     whole = run_engine(table, [], cfg, model, pool)
     half = table.num_rows // 2
@@ -249,6 +250,27 @@ def test_resume_with_other_settings_is_a_clear_error() -> None:
     wp = WindowPredictor(EngineConfig(window=5), WindowMean(), BufferPool())
     with pytest.raises(ValueError, match=r"window 5.*this run uses window 6"):
         WindowPredictor(EngineConfig(window=6), WindowMean(), BufferPool(), resume=wp.snapshot())
+
+
+def test_resume_from_running_statistics_of_another_length_is_a_clear_error() -> None:
+    """A recovery state whose running statistics count other ticks than the symbol saw is
+    corrupt: refused, naming the symbol, rather than resumed with statistics that are off."""
+    cfg = EngineConfig(window=3, normalize="zscore")
+    batch = pa.record_batch(
+        {
+            "ts": pa.array(np.arange(5, dtype=np.int64), pa.timestamp("ns", tz="UTC")),
+            "symbol": ["ETH"] * 5,
+            "price": np.arange(5.0),
+        }
+    )
+    wp = WindowPredictor(cfg, WindowMean(), BufferPool())
+    wp.process(TickBatch(batch, "t", 0))
+    snap = wp.snapshot()
+    seen, tail, moments, span = snap["states"][0]
+    assert (seen, moments) == (5, (5, 2.0, 10.0))
+    snap["states"][0] = (seen, tail, (6, *moments[1:]), span)
+    with pytest.raises(ValueError, match=r"'ETH' has 6 values in its running moments and 5 ticks"):
+        WindowPredictor(cfg, WindowMean(), BufferPool(), resume=snap)
 
 
 def test_prediction_symbol_column_keeps_unicode_and_empty_names() -> None:

@@ -28,7 +28,9 @@ from tickpool.operators.normalize import (
     parse_mode,
     robust_inplace,
     running_minmax,
+    running_minmax_runs,
     running_zscore,
+    running_zscore_runs,
     window_minmax,
     window_robust,
     window_zscore,
@@ -277,11 +279,95 @@ def test_running_kernels_refuse_non_finite_ticks_and_keep_their_state(bad: float
         assert rng.to_tuple() == (2, 0.0, 9.0)
 
 
+def test_runs_kernels_name_the_run_with_a_bad_tick_and_keep_every_state() -> None:
+    x = np.array([1.0, 2.0, 3.0, np.nan, 5.0])
+    lengths = np.array([2, 0, 3])
+    buf = [np.empty(5) for _ in range(3)]
+    state = np.array([[5.0, 1.0], [7.0, 0.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"run 2 of x \(from index 2\) \(3 values\) holds NaN"):
+        running_zscore_runs(x, lengths, np.array([2, 1, 0]), state, *buf)
+    assert state.tolist() == [[5.0, 1.0], [7.0, 0.0], [0.0, 0.0]]
+    span = np.array([[0.0, 9.0], [1.0, 1.0], [np.inf, -np.inf]])
+    with pytest.raises(ValueError, match=r"running_minmax: run 2 of x"):
+        running_minmax_runs(x, lengths, span, *buf)
+    assert span.tolist() == [[0.0, 9.0], [1.0, 1.0], [np.inf, -np.inf]]
+
+
+def test_runs_kernels_say_what_they_expected() -> None:
+    x, buf = np.arange(4.0), [np.empty(4) for _ in range(3)]
+    with pytest.raises(ValueError, match=r"add up to len\(x\) = 4, got \[1, 2\]"):
+        running_minmax_runs(x, np.array([1, 2]), np.zeros((2, 2)), *buf)
+    with pytest.raises(ValueError, match=r"state must have shape \(2, 2\) for 2 runs"):
+        running_minmax_runs(x, np.array([1, 3]), np.zeros((3, 2)), *buf)
+    with pytest.raises(ValueError, match="scratch must be 1-D with at least 8 elements"):
+        running_zscore_runs(
+            x, np.array([1, 3]), np.zeros(2, np.int64), np.zeros((2, 2)), *buf, scratch=buf[0]
+        )
+
+
 def test_running_kernels_accept_an_empty_batch() -> None:
     empty = np.empty(0)
     state = RunningMoments(3, 1.0, 2.0)
     running_zscore(empty, state, empty, empty, empty)
     assert state.to_tuple() == (3, 1.0, 2.0)
+
+
+def run_runs(
+    kind: str, series: list[FloatArray], cuts: list[int]
+) -> tuple[FloatArray, FloatArray, FloatArray, list[tuple[int, float, float]]]:
+    """Feed every series through one runs kernel: the first ``cuts[i]`` values of series i as
+    one call's run i, the rest as a second call's. Returns out, loc and scale series by series
+    (as `run_running` would give them one after the other) and each series' state."""
+    k = len(series)
+    seen = np.zeros(k, dtype=np.int64)
+    state = np.zeros((k, 2)) if kind == "zscore" else np.tile([np.inf, -np.inf], (k, 1))
+    per_series: list[list[FloatArray]] = [[] for _ in range(k)]  # (out, loc, scale) per call
+    for call in range(2):
+        runs = [x[:c] if call == 0 else x[c:] for x, c in zip(series, cuts, strict=True)]
+        lengths = np.array([len(r) for r in runs], dtype=np.int64)
+        x = np.concatenate(runs)
+        n = len(x)
+        out, loc, scale = np.full(n, -7.0), np.full(n, -7.0), np.full(n, -7.0)
+        scratch = np.full(2 * n, -7.0)
+        if kind == "zscore":
+            running_zscore_runs(x, lengths, seen, state, out, loc, scale, scratch=scratch)
+        else:
+            running_minmax_runs(x, lengths, state, out, loc, scale, scratch=scratch)
+        seen += lengths
+        bounds = np.cumsum(lengths)[:-1]
+        for j, parts in enumerate(
+            zip(*(np.split(a, bounds) for a in (out, loc, scale)), strict=True)
+        ):
+            per_series[j].append(np.stack(parts))
+    joined = np.concatenate([np.concatenate(calls, axis=1) for calls in per_series], axis=1)
+    states = [(int(n), float(a), float(b)) for n, (a, b) in zip(seen, state, strict=True)]
+    return joined[0], joined[1], joined[2], states
+
+
+@KERNEL_SETTINGS
+@pytest.mark.parametrize("kind", ["zscore", "minmax"])
+@given(data=st.data())
+def test_runs_kernels_give_each_series_what_it_gets_alone(kind: str, data: st.DataObject) -> None:
+    """Up to 6 series at price levels 1e-3 to 1e5, side by side in two calls (any series may
+    have no values in either): each one's values and state are bit for bit those of the
+    one-series kernel, so they match the float64 prefix reference too. A prefix carried from one
+    run into the next would lose the low-priced series' digits."""
+    k = data.draw(st.integers(1, 6))
+    series = [data.draw(price_walks(max_size=80)) for _ in range(k)]
+    cuts = [data.draw(st.integers(0, len(x))) for x in series]
+    got = run_runs(kind, series, cuts)
+    want_parts: list[list[FloatArray]] = [[], [], []]
+    states = []
+    for x, c in zip(series, cuts, strict=True):
+        alone = run_running(kind, x, sorted({0, c, len(x)}))
+        for part, arr in zip(want_parts, alone[:3], strict=True):
+            part.append(arr)
+        states.append(alone[3])
+        reference = prefix_zscore_reference(x) if kind == "zscore" else prefix_minmax_reference(x)
+        assert_normalized_close(alone[:3], reference)
+    for arr, part in zip(got[:3], want_parts, strict=True):
+        np.testing.assert_array_equal(arr, np.concatenate(part))
+    assert got[3] == states
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +556,8 @@ def test_kernels_allocate_nothing_of_the_input_size_given_their_scratch() -> Non
     mat = x.reshape(m, w).copy()
     mat_scratch, row_loc, row_scale, row_scratch = np.empty_like(mat), *(np.empty(m) for _ in "abc")
     limit = n * 8 // 4  # numpy's own iterator buffers are 64 KiB; an (n,) temporary is 1.6 MB
+    k = 1000  # runs of 200 values: several series at once
+    runs, scratch2 = np.full(k, n // k, dtype=np.int64), np.empty(2 * n)
     assert peak_bytes(lambda: zscore_alloc(x)) > n * 8  # tracemalloc does see numpy's memory
     calls = {
         "running_zscore": lambda: running_zscore(
@@ -477,6 +565,12 @@ def test_kernels_allocate_nothing_of_the_input_size_given_their_scratch() -> Non
         ),
         "running_minmax": lambda: running_minmax(
             x, RunningRange(), out, loc, scale, scratch=scratch
+        ),
+        "running_zscore_runs": lambda: running_zscore_runs(
+            x, runs, np.zeros(k, np.int64), np.zeros((k, 2)), out, loc, scale, scratch=scratch2
+        ),
+        "running_minmax_runs": lambda: running_minmax_runs(
+            x, runs, np.zeros((k, 2)), out, loc, scale, scratch=scratch2
         ),
         "window_zscore": lambda: window_zscore(mat, row_loc, row_scale, scratch=row_scratch),
         "window_minmax": lambda: window_minmax(mat, row_loc, row_scale, scratch=row_scratch),
