@@ -568,12 +568,14 @@ def throughput_rows(
 SYMBOL_PATHS = {  # engine path -> the normalization that sends a linear model down it
     "fused kernel": "window-zscore",
     "window matrix": "window-minmax",
+    "window matrix, running": "zscore",  # each symbol normalized by its own history first
 }
 
 
 def symbol_count_rows(ticks: int, runs: int) -> list[list[object]]:
     """A linear model over streams of ``SYMBOL_COUNTS`` symbols, on both batched engine paths
-    (the fused kernel; the window matrix any other model or window mode takes), interleaved."""
+    (the fused kernel; the window matrix any other model or mode takes, under a window mode and
+    under the running z-score), interleaved."""
     from tickpool.connectors.synthetic import generate_batches
 
     streams = {}
@@ -650,8 +652,10 @@ Columns.
 - The literal baseline builds one prediction RecordBatch per input batch like the engine;
   *max rel. diff* compares its predictions with the engine's (window-zscore, same weights).
 - *Symbols per batch*: the same linear model on the engine's two batched paths: the fused
-  kernel (window z-score) and the window matrix (window min-max here; any model or window mode
-  the fused kernels do not cover: operators/matrix.py). *present per batch*, the mean number of
+  kernel (window z-score) and the window matrix (any model or mode the fused kernels do not
+  cover: operators/matrix.py), under window min-max and under the running z-score, whose
+  statistics are each symbol's history (one kernel call for all symbols, a prefix scan per
+  symbol inside it: normalize.running_zscore_runs). *present per batch*, the mean number of
   symbols with at least one tick in a batch (the synthetic rates are log-spread, so the rarest
   symbols miss some batches); *us per extra symbol*: the median time per batch above the
   8-symbol stream's, divided by the extra symbols present (what one more symbol in a batch

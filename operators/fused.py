@@ -258,12 +258,15 @@ class FusedKernel:
 
         A linear kernel computes every start position of the batch and keeps one in ``stride``,
         while the general path computes only the ``n / stride`` windows, at O(W) each: past some
-        stride the general path is cheaper. Measured on 1 M ticks of 8 symbols
-        (docs/optimizations.md section 15, against the general path of then, symbol by symbol with
-        each symbol's windows copied into a matrix and one GEMM: the window matrix of section 19
-        does the same per chunk): under ``none`` the general path wins from ``stride`` 8-16; under
-        window z-score from 8 at W=16, 8-16 at W=64 and 32 at W=256. ``mean`` and ``last`` kernels
-        won at every stride measured (up to S = W), so they always pay.
+        stride the general path is cheaper. Where depends on how many ticks each symbol brings
+        to a batch (the fused kernel also reads every symbol's W - 1 tail values): measured
+        against the window matrix (docs/optimizations.md sections 15 and 22), the general path
+        wins from about S = 16-64 with 8 symbols per 65,536-row batch and from S = 4-8 with
+        2,048. The rule is a compromise between the two: linear under window z-score is fused
+        while ``stride <= 4`` or ``16 * stride <= W``, under ``none`` while ``stride <= 4``.
+        ``mean`` and ``last`` always pay: ``mean`` wins at nearly every stride with 8 symbols,
+        and ``last`` under window z-score has its own documented result, which must not change
+        with the stride.
 
         >>> k = fused_kernel(WindowMean(), window=64, normalize="window-zscore")
         >>> k is not None and k.pays_at(64)
