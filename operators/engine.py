@@ -269,10 +269,11 @@ class WindowPredictor:
         (`~tickpool.operators.matrix`), one call per chunk. Running modes first normalize the
         new values (`_normalize_running`: one kernel call, with a ``cumsum`` per symbol inside).
 
-        Nothing here costs a Python step per symbol once a batch holds more than
-        `~tickpool.operators.fused.SLICE_RUNS_MAX` of them: the state is read and written as
-        arrays, the layout and the copies out are array operations (docs/optimizations.md
-        sections 11 and 17).
+        Apart from the running modes' prefix scans (one ``accumulate`` per symbol and array,
+        inside one kernel call), nothing here costs a Python step per symbol once a batch holds
+        more than `~tickpool.operators.fused.SLICE_RUNS_MAX` of them: the state is read and
+        written as arrays, the layout and the copies out are array operations
+        (docs/optimizations.md sections 11, 17 and 21).
         """
         cfg, pool = self.config, self.pool
         w, stride, h = cfg.window, cfg.stride, cfg.horizon

@@ -252,10 +252,19 @@ def test_resume_with_other_settings_is_a_clear_error() -> None:
         WindowPredictor(EngineConfig(window=6), WindowMean(), BufferPool(), resume=wp.snapshot())
 
 
-def test_resume_from_running_statistics_of_another_length_is_a_clear_error() -> None:
+@pytest.mark.parametrize(
+    ("mode", "stats", "what"),
+    [
+        ("zscore", (5, 2.0, 10.0), "running moments"),
+        ("minmax", (5, 0.0, 4.0), "running range"),
+    ],
+)
+def test_resume_from_running_statistics_of_another_length_is_a_clear_error(
+    mode: str, stats: tuple[int, float, float], what: str
+) -> None:
     """A recovery state whose running statistics count other ticks than the symbol saw is
     corrupt: refused, naming the symbol, rather than resumed with statistics that are off."""
-    cfg = EngineConfig(window=3, normalize="zscore")
+    cfg = EngineConfig(window=3, normalize=mode)  # type: ignore[arg-type]
     batch = pa.record_batch(
         {
             "ts": pa.array(np.arange(5, dtype=np.int64), pa.timestamp("ns", tz="UTC")),
@@ -266,10 +275,12 @@ def test_resume_from_running_statistics_of_another_length_is_a_clear_error() -> 
     wp = WindowPredictor(cfg, WindowMean(), BufferPool())
     wp.process(TickBatch(batch, "t", 0))
     snap = wp.snapshot()
-    seen, tail, moments, span = snap["states"][0]
-    assert (seen, moments) == (5, (5, 2.0, 10.0))
-    snap["states"][0] = (seen, tail, (6, *moments[1:]), span)
-    with pytest.raises(ValueError, match=r"'ETH' has 6 values in its running moments and 5 ticks"):
+    seen, tail, *running = snap["states"][0]
+    k = 0 if mode == "zscore" else 1
+    assert (seen, running[k], running[1 - k]) == (5, stats, None)
+    running[k] = (6, *stats[1:])
+    snap["states"][0] = (seen, tail, *running)
+    with pytest.raises(ValueError, match=rf"'ETH' has 6 values in its {what} and 5 ticks seen"):
         WindowPredictor(cfg, WindowMean(), BufferPool(), resume=snap)
 
 
