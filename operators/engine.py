@@ -267,7 +267,7 @@ class WindowPredictor:
         packed, whichever costs less for this batch (`~tickpool.operators.layout`), and makes
         one call; any other model gets the windows in chunks of one matrix
         (`~tickpool.operators.matrix`), one call per chunk. Running modes first normalize the
-        new values (`_normalize_running`: one kernel call, with a ``cumsum`` per symbol inside).
+        new values (`_normalize_running`: one kernel call, a prefix scan per symbol inside).
 
         Apart from the running modes' prefix scans (one ``accumulate`` per symbol and array,
         inside one kernel call), nothing here costs a Python step per symbol once a batch holds
